@@ -1,0 +1,15 @@
+"""npnet: a convolutional-network framework written from scratch in NumPy.
+
+Every layer's forward and backward pass is written by hand (npnet/layers/), the heavy
+loops are Numba kernels (npnet/kernels/) with plain-NumPy references beside them, and the
+gradients are checked numerically (npnet.gradcheck) and against PyTorch (tests/).
+"""
+from . import threads  # noqa: F401  (sets the threading policy before any kernel runs)
+from .gradcheck import GradcheckError, TensorCheck, gradcheck
+from .layers import (AvgPool2d, Conv2d, Flatten, Layer, Linear, MaxPool2d, Parameter,
+                     ReLU, Sigmoid, Tanh)
+from .models import lenet5, lenet5_classic
+from .sequential import Sequential
+from .summary import summary
+
+__version__ = "0.1.0"

@@ -1,0 +1,69 @@
+"""im2col and col2im as Numba kernels: the data movement around a convolution's matmul.
+
+Layout (see ``reference.py`` for the index convention): columns are per sample,
+(N, C*kh*kw, OH*OW), so that ``np.matmul(W (F, C*kh*kw), cols)`` gives (N, F, OH*OW), which
+is already NCHW: no transpose after the matmul.
+
+Both kernels loop over the batch with ``prange``: samples are independent, so threads never
+write to the same element (col2im's scatter-add stays race-free without atomics) and the
+sum each element receives is added in the same order whatever the thread count.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+
+@njit(cache=True, parallel=True, nogil=True)
+def im2col(x, kh, kw, sh, sw, ph, pw, cols):
+    """Fill ``cols`` (N, C*kh*kw, OH*OW) from ``x`` (N, C, H, W); padding reads as 0."""
+    N, C, H, W = x.shape
+    OH = (H + 2 * ph - kh) // sh + 1
+    OW = (W + 2 * pw - kw) // sw + 1
+    for n in prange(N):
+        for c in range(C):
+            for i in range(kh):
+                for j in range(kw):
+                    row = (c * kh + i) * kw + j
+                    for oh in range(OH):
+                        h = oh * sh - ph + i
+                        base = oh * OW
+                        if h < 0 or h >= H:
+                            for ow in range(OW):
+                                cols[n, row, base + ow] = 0
+                            continue
+                        for ow in range(OW):
+                            w = ow * sw - pw + j
+                            if 0 <= w < W:
+                                cols[n, row, base + ow] = x[n, c, h, w]
+                            else:
+                                cols[n, row, base + ow] = 0
+    return cols
+
+
+@njit(cache=True, parallel=True, nogil=True)
+def col2im(cols, kh, kw, sh, sw, ph, pw, x):
+    """Overwrite ``x`` (N, C, H, W) with the sum of the column entries of each pixel.
+
+    The adjoint of im2col: a pixel read by several receptive fields gets the sum of their
+    gradients; entries that fell in the padding are dropped.
+    """
+    N, C, H, W = x.shape
+    OH = (H + 2 * ph - kh) // sh + 1
+    OW = (W + 2 * pw - kw) // sw + 1
+    for n in prange(N):
+        x[n] = 0
+        for c in range(C):
+            for i in range(kh):
+                for j in range(kw):
+                    row = (c * kh + i) * kw + j
+                    for oh in range(OH):
+                        h = oh * sh - ph + i
+                        if h < 0 or h >= H:
+                            continue
+                        base = oh * OW
+                        for ow in range(OW):
+                            w = ow * sw - pw + j
+                            if 0 <= w < W:
+                                x[n, c, h, w] += cols[n, row, base + ow]
+    return x

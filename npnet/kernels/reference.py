@@ -1,0 +1,113 @@
+"""Reference kernels: plain NumPy loops, written to be obviously right, never fast.
+
+They are the oracle the Numba kernels in ``im2col.py`` and ``pool.py`` are tested against
+(``tests/kernels/``).  Each mirrors one fast kernel's signature and returns a fresh array.
+Index conventions (shared with the fast kernels):
+
+* input ``x``: (N, C, H, W); kernel (kh, kw); stride (sh, sw); padding (ph, pw);
+  ``OH = (H + 2 ph - kh) // sh + 1``, ``OW = (W + 2 pw - kw) // sw + 1``, ``P = OH * OW``.
+* columns: (N, C*kh*kw, P); row ``(c*kh + i)*kw + j`` holds input pixel
+  ``(c, oh*sh - ph + i, ow*sw - pw + j)`` in column ``oh*OW + ow`` (zero where that pixel
+  falls in the padding).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def out_size(size: int, k: int, s: int, p: int) -> int:
+    """Output length of a sliding window: floor((size + 2p - k) / s) + 1."""
+    return (size + 2 * p - k) // s + 1
+
+
+def im2col_ref(x, kh, kw, sh, sw, ph, pw):
+    """(N, C, H, W) -> columns (N, C*kh*kw, OH*OW): every receptive field as a column."""
+    N, C, H, W = x.shape
+    OH, OW = out_size(H, kh, sh, ph), out_size(W, kw, sw, pw)
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    cols = np.zeros((N, C * kh * kw, OH * OW), dtype=x.dtype)
+    for c in range(C):
+        for i in range(kh):
+            for j in range(kw):
+                row = (c * kh + i) * kw + j
+                for oh in range(OH):
+                    for ow in range(OW):
+                        cols[:, row, oh * OW + ow] = xp[:, c, oh * sh + i, ow * sw + j]
+    return cols
+
+
+def col2im_ref(cols, x_shape, kh, kw, sh, sw, ph, pw):
+    """Adjoint of im2col: columns (N, C*kh*kw, P) -> (N, C, H, W).
+
+    A pixel that sits in several receptive fields receives the SUM of their entries:
+    that is the chain rule for a value used more than once.
+    """
+    N, C, H, W = x_shape
+    OH, OW = out_size(H, kh, sh, ph), out_size(W, kw, sw, pw)
+    xp = np.zeros((N, C, H + 2 * ph, W + 2 * pw), dtype=cols.dtype)
+    for c in range(C):
+        for i in range(kh):
+            for j in range(kw):
+                row = (c * kh + i) * kw + j
+                for oh in range(OH):
+                    for ow in range(OW):
+                        xp[:, c, oh * sh + i, ow * sw + j] += cols[:, row, oh * OW + ow]
+    return xp[:, :, ph:ph + H, pw:pw + W].copy()
+
+
+def maxpool_forward_ref(x, kh, kw, sh, sw, ph, pw):
+    """-> (y (N, C, OH, OW), argmax (N, C, OH, OW) int32: flat index i*kw + j in the window).
+
+    Padding counts as -inf.  Ties go to the first maximum in row-major window order, as
+    torch does, so the gradient has one home.
+    """
+    N, C, H, W = x.shape
+    OH, OW = out_size(H, kh, sh, ph), out_size(W, kw, sw, pw)
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=-np.inf)
+    y = np.empty((N, C, OH, OW), dtype=x.dtype)
+    arg = np.empty((N, C, OH, OW), dtype=np.int32)
+    for oh in range(OH):
+        for ow in range(OW):
+            win = xp[:, :, oh * sh:oh * sh + kh, ow * sw:ow * sw + kw].reshape(N, C, kh * kw)
+            arg[:, :, oh, ow] = np.argmax(win, axis=2)  # first maximum on ties
+            y[:, :, oh, ow] = np.max(win, axis=2)
+    return y, arg
+
+
+def maxpool_backward_ref(grad_out, argmax, x_shape, kh, kw, sh, sw, ph, pw):
+    """Route each output gradient to the input pixel that won its window (summing overlaps)."""
+    N, C, H, W = x_shape
+    _, _, OH, OW = grad_out.shape
+    gp = np.zeros((N, C, H + 2 * ph, W + 2 * pw), dtype=grad_out.dtype)
+    for n in range(N):
+        for c in range(C):
+            for oh in range(OH):
+                for ow in range(OW):
+                    i, j = divmod(int(argmax[n, c, oh, ow]), kw)
+                    gp[n, c, oh * sh + i, ow * sw + j] += grad_out[n, c, oh, ow]
+    return gp[:, :, ph:ph + H, pw:pw + W].copy()
+
+
+def avgpool_forward_ref(x, kh, kw, sh, sw, ph, pw):
+    """Mean over each window, zero padding counted in the divisor kh*kw (torch's default)."""
+    N, C, H, W = x.shape
+    OH, OW = out_size(H, kh, sh, ph), out_size(W, kw, sw, pw)
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    y = np.empty((N, C, OH, OW), dtype=x.dtype)
+    for oh in range(OH):
+        for ow in range(OW):
+            win = xp[:, :, oh * sh:oh * sh + kh, ow * sw:ow * sw + kw]
+            y[:, :, oh, ow] = win.sum(axis=(2, 3)) / (kh * kw)
+    return y
+
+
+def avgpool_backward_ref(grad_out, x_shape, kh, kw, sh, sw, ph, pw):
+    """Each window's gradient spreads evenly, 1/(kh*kw) to every pixel it covered."""
+    N, C, H, W = x_shape
+    _, _, OH, OW = grad_out.shape
+    gp = np.zeros((N, C, H + 2 * ph, W + 2 * pw), dtype=grad_out.dtype)
+    for oh in range(OH):
+        for ow in range(OW):
+            gp[:, :, oh * sh:oh * sh + kh, ow * sw:ow * sw + kw] += (
+                grad_out[:, :, oh, ow][:, :, None, None] / (kh * kw))
+    return gp[:, :, ph:ph + H, pw:pw + W].copy()

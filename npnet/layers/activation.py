@@ -1,0 +1,73 @@
+"""Element-wise activations.  Each backward multiplies grad_out by the local derivative.
+
+    ReLU:    y = max(x, 0)           dy/dx = 1 if x > 0 else 0   (0 at the kink, as torch)
+    Tanh:    y = tanh(x)             dy/dx = 1 - y**2
+    Sigmoid: y = 1 / (1 + exp(-x))   dy/dx = y * (1 - y)
+
+Tanh and Sigmoid keep y, not x: their derivative is cheapest written in y.
+docs/layers/activations.md derives them.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .base import Layer, check_grad, no_cache_error
+
+
+def _check(layer, x):
+    if not isinstance(x, np.ndarray) or x.dtype not in (np.float32, np.float64):
+        what = x.dtype if isinstance(x, np.ndarray) else type(x).__name__
+        raise ValueError(f"{layer!r}: input must be a float32 or float64 array, got {what}")
+    return x
+
+
+class ReLU(Layer):
+    """y = max(x, 0), any shape."""
+
+    def forward(self, x):
+        _check(self, x)
+        y = np.maximum(x, 0)
+        self._cache = y if self.training else None
+        return y
+
+    def backward(self, grad_out):
+        y, self._cache = self._cache, None
+        if y is None:
+            raise no_cache_error(self)
+        check_grad(self, grad_out, y.shape, y.dtype)
+        return grad_out * (y > 0)          # y > 0 exactly where x > 0
+
+
+class Tanh(Layer):
+    """y = tanh(x), any shape."""
+
+    def forward(self, x):
+        _check(self, x)
+        y = np.tanh(x)
+        self._cache = y if self.training else None
+        return y
+
+    def backward(self, grad_out):
+        y, self._cache = self._cache, None
+        if y is None:
+            raise no_cache_error(self)
+        check_grad(self, grad_out, y.shape, y.dtype)
+        return grad_out * (1 - y * y)
+
+
+class Sigmoid(Layer):
+    """y = 1 / (1 + exp(-x)), any shape; computed without overflow for large |x|."""
+
+    def forward(self, x):
+        _check(self, x)
+        e = np.exp(-np.abs(x))             # in (0, 1]: never overflows
+        y = np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype, copy=False)
+        self._cache = y if self.training else None
+        return y
+
+    def backward(self, grad_out):
+        y, self._cache = self._cache, None
+        if y is None:
+            raise no_cache_error(self)
+        check_grad(self, grad_out, y.shape, y.dtype)
+        return grad_out * y * (1 - y)

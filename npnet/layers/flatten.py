@@ -1,0 +1,28 @@
+"""Flatten: (N, d1, d2, ...) -> (N, d1*d2*...).  Backward reshapes the gradient back.
+
+No arithmetic, so the local derivative is the identity: only the shape changes.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .base import Layer, check_grad, no_cache_error
+
+
+class Flatten(Layer):
+    """Flattens every dimension but the batch, as torch.nn.Flatten() with its defaults."""
+
+    def forward(self, x):
+        if not isinstance(x, np.ndarray) or x.ndim < 2:
+            got = x.shape if isinstance(x, np.ndarray) else type(x).__name__
+            raise ValueError(f"{self!r}: expected an input of at least 2 dimensions "
+                             f"(N, ...), got {got}")
+        self._cache = x.shape if self.training else None
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, grad_out):
+        x_shape, self._cache = self._cache, None
+        if x_shape is None:
+            raise no_cache_error(self)
+        check_grad(self, grad_out, (x_shape[0], int(np.prod(x_shape[1:]))), grad_out.dtype)
+        return grad_out.reshape(x_shape)

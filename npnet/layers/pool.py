@@ -1,0 +1,106 @@
+"""MaxPool2d and AvgPool2d: windows slid over each (sample, channel) plane.
+
+Max:  y = max over the window;  dL/dx = dL/dy at the pixel that won the window, 0 elsewhere
+      (the winner is the first maximum, as in torch; only its index is kept for backward).
+Avg:  y = sum over the window / (kh*kw);  dL/dx = dL/dy / (kh*kw) at every pixel of the
+      window.  Zero padding counts in the divisor, torch's default (count_include_pad=True).
+Overlapping windows (stride < kernel) add their contributions.  docs/layers/maxpool.md and
+docs/layers/avgpool.md derive both.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..kernels.pool import avgpool_backward, avgpool_forward, maxpool_backward, \
+    maxpool_forward
+from .base import Layer, check_array, check_grad, no_cache_error, pair
+
+
+class _Pool2d(Layer):
+    def __init__(self, kernel_size, stride=None, padding=0):
+        super().__init__()
+        name = type(self).__name__
+        self.kernel_size = pair(kernel_size, f"{name} kernel_size")
+        self.stride = self.kernel_size if stride is None else pair(stride, f"{name} stride")
+        self.padding = pair(padding, f"{name} padding")
+        if min(self.kernel_size) < 1 or min(self.stride) < 1 or min(self.padding) < 0:
+            raise ValueError(f"{name}: kernel_size and stride must be >= 1 and padding >= 0, "
+                             f"got {self.kernel_size}, {self.stride}, {self.padding}")
+        if any(2 * p > k for p, k in zip(self.padding, self.kernel_size)):
+            raise ValueError(f"{name}: padding {self.padding} must be at most half the kernel "
+                             f"size {self.kernel_size} (as in torch)")
+        self._cache = None
+
+    def output_shape(self, in_shape):
+        N, C, H, W = in_shape
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        if H + 2 * ph < kh or W + 2 * pw < kw:
+            raise ValueError(f"{self!r}: input of shape {tuple(in_shape)} is smaller than the "
+                             f"window {self.kernel_size} (padding {self.padding})")
+        return N, C, (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
+
+    def _geometry(self):
+        return (*self.kernel_size, *self.stride, *self.padding)
+
+    def extra_repr(self):
+        s = f"kernel_size={self.kernel_size}, stride={self.stride}"
+        return s + (f", padding={self.padding}" if self.padding != (0, 0) else "")
+
+
+class MaxPool2d(_Pool2d):
+    """Max pooling, as torch.nn.MaxPool2d (dilation 1, floor mode).
+
+    Args:
+        kernel_size (int or pair), stride (int or pair, default kernel_size),
+        padding (int or pair, default 0; implicit -inf, at most kernel_size/2).
+
+    Shape:
+        (N, C, H, W) -> (N, C, OH, OW), OH = floor((H + 2*padding - kh) / stride) + 1.
+    """
+
+    def forward(self, x):
+        check_array(self, x, 4)
+        out_shape = self.output_shape(x.shape)
+        y = np.empty(out_shape, dtype=x.dtype)
+        argmax = np.empty(out_shape, dtype=np.int32)   # winner's index i*kw + j per window
+        maxpool_forward(np.ascontiguousarray(x), *self._geometry(), y, argmax)
+        self._cache = (x.shape, argmax) if self.training else None
+        return y
+
+    def backward(self, grad_out):
+        if self._cache is None:
+            raise no_cache_error(self)
+        x_shape, argmax = self._cache
+        self._cache = None
+        check_grad(self, grad_out, argmax.shape, grad_out.dtype)
+        grad_in = np.empty(x_shape, dtype=grad_out.dtype)
+        return maxpool_backward(np.ascontiguousarray(grad_out), argmax, *self._geometry(),
+                                grad_in)
+
+
+class AvgPool2d(_Pool2d):
+    """Average pooling, as torch.nn.AvgPool2d with its defaults (count_include_pad=True).
+
+    Args:
+        kernel_size (int or pair), stride (int or pair, default kernel_size),
+        padding (int or pair, default 0; zeros, counted in the divisor kh*kw).
+
+    Shape:
+        (N, C, H, W) -> (N, C, OH, OW), OH = floor((H + 2*padding - kh) / stride) + 1.
+    """
+
+    def forward(self, x):
+        check_array(self, x, 4)
+        y = np.empty(self.output_shape(x.shape), dtype=x.dtype)
+        avgpool_forward(np.ascontiguousarray(x), *self._geometry(), y)
+        self._cache = x.shape if self.training else None
+        return y
+
+    def backward(self, grad_out):
+        if self._cache is None:
+            raise no_cache_error(self)
+        x_shape = self._cache
+        self._cache = None
+        check_grad(self, grad_out, self.output_shape(x_shape), grad_out.dtype)
+        grad_in = np.empty(x_shape, dtype=grad_out.dtype)
+        return avgpool_backward(np.ascontiguousarray(grad_out), *self._geometry(), grad_in)

@@ -1,0 +1,1 @@
+"""Threading policy (placeholder until measured)."""
