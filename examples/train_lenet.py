@@ -1,0 +1,332 @@
+"""Train LeNet-5 on MNIST (or Fashion-MNIST) with npnet: the main job.
+
+    python examples/train_lenet.py                    # 15 epochs, >= 99.2% on MNIST test
+    python examples/train_lenet.py --limit 5000 --epochs 1 --out runs/smoke
+    python examples/train_lenet.py --resume runs/lenet5/last.npz
+
+The loop is the textbook one, written out: for each mini-batch, forward, loss, backward,
+optimizer step.  After each epoch it validates on the 10,000 held-out training images and
+writes `last.npz` (and `best.npz` when validation accuracy improves) through `npnet.save`;
+at the end it tests the best model on the 10,000 test images and writes `metrics.json` and
+three plots.  Everything written is written atomically: a file is complete or absent.
+
+A resumed run continues bit for bit where the checkpoint left it: the checkpoint holds the
+model, the optimizer's momentum, the schedule, the shuffling generator's state, the metrics
+so far and the settings, and a resumed run refuses settings that differ from them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import npnet
+from npnet import data as npdata
+from npnet.io import atomic_write
+
+# Settings that shape the training trajectory: a resumed run must keep them.
+TRAJECTORY_KEYS = ("dataset", "epochs", "batch_size", "lr", "optimizer", "momentum",
+                   "weight_decay", "seed", "limit")
+DEFAULTS = dict(dataset="mnist", epochs=15, batch_size=64, lr=0.05, optimizer="sgd",
+                momentum=0.9, weight_decay=5e-4, seed=0, limit=None)
+NORMALIZATION = {"mnist": (npdata.MNIST_MEAN, npdata.MNIST_STD),
+                 "fashion-mnist": (npdata.FASHION_MNIST_MEAN, npdata.FASHION_MNIST_STD)}
+FASHION_CLASSES = ["T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                   "Sneaker", "Bag", "Boot"]
+
+
+def threads_summary():
+    return getattr(npnet.threads, "describe", lambda: "threads: default")()
+
+
+class Diverged(RuntimeError):
+    """Training produced a non-finite loss, gradient or activation."""
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    # Trajectory settings default to None here so that a resumed run can tell which ones
+    # the command line set; DEFAULTS fills the rest.
+    p.add_argument("--dataset", choices=["mnist", "fashion-mnist"], default=None,
+                   help=f"default {DEFAULTS['dataset']}")
+    p.add_argument("--epochs", type=int, default=None, help=f"default {DEFAULTS['epochs']}")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help=f"default {DEFAULTS['batch_size']}")
+    p.add_argument("--lr", type=float, default=None,
+                   help=f"initial learning rate, cosine-annealed to 0; default {DEFAULTS['lr']}")
+    p.add_argument("--optimizer", choices=["sgd", "adam"], default=None,
+                   help=f"default {DEFAULTS['optimizer']}")
+    p.add_argument("--momentum", type=float, default=None,
+                   help=f"SGD momentum; default {DEFAULTS['momentum']}")
+    p.add_argument("--weight-decay", type=float, default=None,
+                   help=f"L2 penalty; default {DEFAULTS['weight_decay']}")
+    p.add_argument("--seed", type=int, default=None,
+                   help=f"seeds the weights and the shuffling; default {DEFAULTS['seed']}")
+    p.add_argument("--limit", type=int, default=None,
+                   help="train on the first N training images only (smoke runs)")
+    p.add_argument("--data-dir", default=None,
+                   help="where the IDX files live (default $NPNET_DATA/<dataset>, else "
+                        "~/.cache/npnet/<dataset>)")
+    p.add_argument("--out", default="runs/lenet5", help="directory for metrics, checkpoints "
+                                                        "and plots")
+    p.add_argument("--resume", default=None, metavar="CHECKPOINT",
+                   help="continue from a checkpoint written by this script (last.npz)")
+    p.add_argument("--detect-anomaly", action="store_true",
+                   help="check every layer's output and gradient for nan/inf at every step")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--stop-after", type=int, default=None, metavar="EPOCHS",
+                   help="stop after this many epochs as if interrupted (to try --resume)")
+    args = p.parse_args(argv)
+    given = {k for k in TRAJECTORY_KEYS if getattr(args, k) is not None}
+    for k in TRAJECTORY_KEYS:
+        if getattr(args, k) is None:
+            setattr(args, k, DEFAULTS[k])
+    if args.epochs < 1 or args.batch_size < 1 or (args.limit is not None and args.limit < 1):
+        p.error("--epochs, --batch-size and --limit must be at least 1")
+    if args.lr <= 0:
+        p.error(f"--lr must be positive, got {args.lr}")
+    return args, given
+
+
+# -- data ------------------------------------------------------------------------------------
+def load_data(args):
+    """-> dict of (x float32 (N, 1, 28, 28), y int64 (N,)) for 'train', 'val', 'test'."""
+    load = npdata.load_mnist if args.dataset == "mnist" else npdata.load_fashion_mnist
+    root = args.data_dir
+    images, labels = load(root=root, split="train")
+    (x_tr, y_tr), (x_val, y_val) = npdata.train_val_split(images, labels, n_val=10_000,
+                                                          seed=0)
+    if args.limit is not None:
+        x_tr, y_tr = x_tr[:args.limit], y_tr[:args.limit]
+    x_te, y_te = load(root=root, split="test")
+    mean, std = NORMALIZATION[args.dataset]
+    prep = lambda x, y: (npdata.normalize(x, mean, std), y.astype(np.int64))  # noqa: E731
+    return {"train": prep(x_tr, y_tr), "val": prep(x_val, y_val), "test": prep(x_te, y_te),
+            "test_images": x_te}
+
+
+# -- training --------------------------------------------------------------------------------
+def make_optimizer(args, model):
+    if args.optimizer == "sgd":
+        opt = npnet.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
+                              weight_decay=args.weight_decay, nesterov=args.momentum > 0)
+    else:
+        opt = npnet.optim.Adam(model.parameters(), lr=args.lr,
+                               weight_decay=args.weight_decay)
+    return opt, npnet.optim.CosineAnnealingLR(opt, T_max=args.epochs)
+
+
+def predict(model, x, batch_size=1000):
+    """Logits for x, computed in batches so memory does not grow with the dataset."""
+    model.eval()
+    out = np.concatenate([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+    model.train()
+    return out
+
+
+def accuracy(model, x, y):
+    return float(np.mean(predict(model, x).argmax(axis=1) == y))
+
+
+def first_nonfinite(model, x, y, crit):
+    """Re-run one step layer by layer and name where the first nan/inf appears."""
+    for name, p in model.named_parameters():
+        if not np.all(np.isfinite(p.data)):
+            return f"parameter {name}"
+    h = x
+    for name, layer in model.layers.items():
+        h = layer.forward(h)
+        if not np.all(np.isfinite(h)):
+            return f"output of {name} ({type(layer).__name__}) in the forward pass"
+    loss = crit(h, y)
+    if not np.isfinite(loss):
+        return "the loss"
+    g = crit.backward()
+    for name, layer in reversed(model.layers.items()):
+        g = layer.backward(g)
+        bad = [k for k, v in layer.grads.items() if not np.all(np.isfinite(v))]
+        if bad:
+            return f"gradient of {name}.{bad[0]} in the backward pass"
+        if not np.all(np.isfinite(g)):
+            return f"input gradient of {name} ({type(layer).__name__}) in the backward pass"
+    return "nowhere on re-run (the non-finite value came from the optimizer step)"
+
+
+def install_anomaly_hooks(model):
+    """--detect-anomaly: every layer's output and input gradient is checked as it is made."""
+    def check(kind):
+        def hook(layer, a, b):
+            out = b if kind == "output" else a
+            if out is not None and not np.all(np.isfinite(out)):
+                name = next(n for n, lay in model.layers.items() if lay is layer)
+                raise Diverged(f"non-finite {kind} of {name} ({type(layer).__name__})")
+        return hook
+    for layer in model.layers.values():
+        layer.register_forward_hook(check("output"))
+        layer.register_backward_hook(check("input gradient"))
+
+
+@np.errstate(over="ignore", invalid="ignore")  # inf/nan is caught below, with its place
+def train_epoch(model, crit, opt, x, y, args, rng, epoch, progress):
+    """One pass over the shuffled training set: forward, loss, backward, step."""
+    n_batches = -(-len(x) // args.batch_size)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=len(x), desc=f"epoch {epoch}/{args.epochs}", unit="img",
+                   leave=True, dynamic_ncols=True, file=sys.stdout)
+    total_loss, correct, seen, t0 = 0.0, 0, 0, time.perf_counter()
+    for step, (xb, yb) in enumerate(npdata.iterate_batches(
+            x, y, args.batch_size, shuffle=True, rng=rng), start=1):
+        opt.zero_grad()
+        logits = model(xb)                              # (B, 10)
+        loss = crit(logits, yb)
+        model.backward(crit.backward(), need_grad_in=False)
+        grads_ok = all(np.isfinite(p.grad).all() for p in model.parameters())
+        if not (np.isfinite(loss) and grads_ok):
+            where = first_nonfinite(model, xb, yb, crit)
+            raise Diverged(f"training diverged at epoch {epoch}, step {step} of {n_batches}: "
+                           f"loss {loss}; first non-finite value: {where}")
+        opt.step()
+        total_loss += loss * len(xb)
+        correct += int((logits.argmax(axis=1) == yb).sum())
+        seen += len(xb)
+        if bar is not None:
+            bar.update(len(xb))
+            if step % 20 == 0 or seen == len(x):
+                bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.4f}",
+                                img_s=f"{seen / (time.perf_counter() - t0):,.0f}")
+    if bar is not None:
+        bar.close()
+    return total_loss / seen, correct / seen, time.perf_counter() - t0
+
+
+def checkpoint(model, opt, sched, rng, epoch, history, best_val, args):
+    return {"format": "npnet-lenet5-train", "model": model.state_dict(),
+            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch,
+            "rng": rng.bit_generator.state, "history": history, "best_val": best_val,
+            "args": {k: getattr(args, k) for k in TRAJECTORY_KEYS}}
+
+
+def load_checkpoint(path, args, given):
+    """Read a checkpoint of this script; its trajectory settings replace those in args.
+
+    A setting given on the command line that differs from the checkpoint's is refused:
+    a resumed run continues the same trajectory or it is not a resume."""
+    ckpt = npnet.load(path)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != "npnet-lenet5-train":
+        raise ValueError(f"{path}: not a checkpoint written by train_lenet.py")
+    saved = ckpt["args"]
+    clash = [f"--{k.replace('_', '-')} {getattr(args, k)} (checkpoint: {saved[k]})"
+             for k in given if saved[k] != getattr(args, k)]
+    if clash:
+        raise ValueError(f"{path}: a resumed run keeps the checkpoint's settings; these "
+                         f"differ: {', '.join(clash)}")
+    for k in TRAJECTORY_KEYS:
+        setattr(args, k, saved[k])
+    return ckpt
+
+
+def main(argv=None):
+    args, given = parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = load_checkpoint(args.resume, args, given) if args.resume else None
+
+    init_rng, shuffle_rng = (np.random.default_rng(s)
+                             for s in np.random.SeedSequence(args.seed).spawn(2))
+    model = npnet.models.lenet5(rng=init_rng)
+    crit = npnet.CrossEntropyLoss()
+    opt, sched = make_optimizer(args, model)
+    start_epoch, best_val = 0, -1.0
+    history = {"epoch": [], "train_loss": [], "train_accuracy": [], "val_accuracy": [],
+               "lr": [], "seconds": []}
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        shuffle_rng.bit_generator.state = ckpt["rng"]
+        start_epoch, history, best_val = ckpt["epoch"], ckpt["history"], ckpt["best_val"]
+        print(f"resumed from {args.resume} after epoch {start_epoch}")
+    if args.detect_anomaly:
+        install_anomaly_hooks(model)
+
+    print(f"loading {args.dataset} ...")
+    data = load_data(args)
+    (x_tr, y_tr), (x_val, y_val), (x_te, y_te) = data["train"], data["val"], data["test"]
+    print(f"LeNet-5, {model.num_parameters():,} parameters; {len(x_tr):,} training, "
+          f"{len(x_val):,} validation, {len(x_te):,} test images; {args.optimizer} "
+          f"lr {args.lr} (cosine), batch {args.batch_size}, {args.epochs} epochs, "
+          f"{threads_summary()}")
+
+    progress = not args.no_progress
+    last_epoch = args.epochs if args.stop_after is None else min(args.epochs, args.stop_after)
+    try:
+        for epoch in range(start_epoch + 1, last_epoch + 1):
+            lr = sched.get_last_lr()[0]
+            loss, acc, secs = train_epoch(model, crit, opt, x_tr, y_tr, args, shuffle_rng,
+                                          epoch, progress)
+            sched.step()
+            val = accuracy(model, x_val, y_val)
+            for k, v in (("epoch", epoch), ("train_loss", loss), ("train_accuracy", acc),
+                         ("val_accuracy", val), ("lr", lr), ("seconds", secs)):
+                history[k].append(v)
+            print(f"epoch {epoch:2d}: train loss {loss:.4f}  train acc {acc:.4f}  "
+                  f"val acc {val:.4f}  lr {lr:.4g}  {secs:.1f}s "
+                  f"({len(x_tr) / secs:,.0f} img/s)", flush=True)
+            state = checkpoint(model, opt, sched, shuffle_rng, epoch, history,
+                               max(best_val, val), args)
+            if val > best_val or not (out / "best.npz").exists():
+                best_val = val
+                npnet.save(state, out / "best.npz")
+            npnet.save(state, out / "last.npz")
+    except Diverged as e:
+        last = out / "last.npz"
+        print(f"error: {e}. " + (f"The last good checkpoint is {last}." if last.exists()
+                                 else "No checkpoint was written."), file=sys.stderr)
+        return 3
+    if last_epoch < args.epochs:
+        print(f"stopped after epoch {last_epoch} of {args.epochs} (--stop-after); continue "
+              f"with --resume {out / 'last.npz'}")
+        return 0
+
+    best = npnet.load(out / "best.npz")
+    model.load_state_dict(best["model"])
+    logits = predict(model, x_te)
+    pred = logits.argmax(axis=1)
+    test_acc = float(np.mean(pred == y_te))
+    secs = float(sum(history["seconds"]))
+    metrics = {"dataset": args.dataset, "test_accuracy": test_acc,
+               "best_epoch": int(best["epoch"]), "best_val_accuracy": float(best_val),
+               "epochs": len(history["epoch"]), **{k: history[k] for k in (
+                   "train_loss", "train_accuracy", "val_accuracy", "lr")},
+               "epoch_seconds": history["seconds"], "seconds": secs,
+               "images_per_second": len(x_tr) * len(history["epoch"]) / secs,
+               "settings": {k: getattr(args, k) for k in TRAJECTORY_KEYS},
+               "threads": threads_summary()}
+    atomic_write(out / "metrics.json", lambda f: f.write(
+        json.dumps(metrics, indent=2).encode()))
+    print(f"test accuracy {test_acc:.4f} ({int((pred != y_te).sum())} errors in "
+          f"{len(y_te):,}) with the best epoch ({metrics['best_epoch']}); "
+          f"{secs:.0f}s of training, {metrics['images_per_second']:,.0f} img/s")
+    if not args.no_plots:
+        from npnet import plots
+        classes = FASHION_CLASSES if args.dataset == "fashion-mnist" else list(range(10))
+        plots.learning_curves(history, out / "learning_curves.png")
+        plots.confusion_matrix(y_te, pred, classes, out / "confusion_matrix.png")
+        plots.misclassified(data["test_images"], y_te, pred, classes,
+                            out / "misclassified.png")
+    print(f"wrote {out}/: metrics.json, last.npz, best.npz"
+          + ("" if args.no_plots else ", learning_curves.png, confusion_matrix.png, "
+                                      "misclassified.png"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
