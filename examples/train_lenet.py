@@ -180,7 +180,8 @@ def train_epoch(model, crit, opt, x, y, args, rng, epoch, progress):
     if progress:
         from tqdm import tqdm
         bar = tqdm(total=len(x), desc=f"epoch {epoch}/{args.epochs}", unit="img",
-                   leave=True, dynamic_ncols=True, file=sys.stdout)
+                   leave=True, dynamic_ncols=True, file=sys.stdout,
+                   mininterval=0.2 if sys.stdout.isatty() else 15)  # a log gets few lines
     total_loss, correct, seen, t0 = 0.0, 0, 0, time.perf_counter()
     for step, (xb, yb) in enumerate(npdata.iterate_batches(
             x, y, args.batch_size, shuffle=True, rng=rng), start=1):

@@ -17,12 +17,13 @@ class Flatten(Layer):
             got = x.shape if isinstance(x, np.ndarray) else type(x).__name__
             raise ValueError(f"{self!r}: expected an input of at least 2 dimensions "
                              f"(N, ...), got {got}")
-        self._cache = x.shape if self.training else None
+        self._cache = (x.shape, x.dtype) if self.training else None
         return x.reshape(x.shape[0], -1)
 
     def backward(self, grad_out):
-        x_shape, self._cache = self._cache, None
-        if x_shape is None:
+        cache, self._cache = self._cache, None
+        if cache is None:
             raise no_cache_error(self)
-        check_grad(self, grad_out, (x_shape[0], int(np.prod(x_shape[1:]))), grad_out.dtype)
+        x_shape, dtype = cache
+        check_grad(self, grad_out, (x_shape[0], int(np.prod(x_shape[1:]))), dtype)
         return grad_out.reshape(x_shape)

@@ -1,0 +1,115 @@
+"""Shared fixtures for the layer, kernel and model tests.
+
+Helpers are handed out as fixtures (not imported from this file) so the tests work under
+any pytest import mode.
+
+* ``rng``: a np.random.Generator seeded from the test's id: every test (and every
+  parametrized case) draws its own reproducible numbers, and no test reseeds a global RNG.
+* ``draw(shape, dtype)``: an array of DISTINCT values away from 0, |v| in [0.1, 2.1]:
+  no ReLU kink inside a numerical step, no max-pool ties (values differ by >= 2/size,
+  far more than gradcheck's eps = 1e-6 and than float32 rounding).
+* ``to_torch(layer)``: the torch module computing the same function, with the npnet
+  weights copied in (layouts are identical: conv (F, C, kh, kw), linear (out, in)).
+* ``f32_atol(K, term)``: the absolute tolerance for comparing two float32 computations of
+  sums of K products, each at most ``term`` in magnitude (reasoned in its docstring).
+"""
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import npnet
+
+F32_EPS = float(np.finfo(np.float32).eps)   # 1.19e-7, the spacing of float32 near 1
+
+
+def distinct_values(rng: np.random.Generator, shape, dtype=np.float64) -> np.ndarray:
+    """Distinct values with |v| in [0.1, 2.1] and random signs, in random order.
+
+    The magnitudes are 0.1 + 2*k/size for a permutation k of 0..size-1, so they are all
+    different (and so are the values): any two differ by at least 2/size.
+    """
+    size = int(np.prod(shape))
+    mags = 0.1 + 2.0 * rng.permutation(size) / max(size, 1)
+    signs = rng.choice([-1.0, 1.0], size=size)
+    return (signs * mags).reshape(shape).astype(dtype)
+
+
+def f32_atol(reduction_len: int, term: float = 1.0) -> float:
+    """Tolerance for two float32 results that each sum ``reduction_len`` products.
+
+    Each product is at most ``term``; rounding a running sum of K such terms errs by about
+    eps * |partial sum| per addition.  With random signs the partial sums grow like
+    sqrt(k) * term and the errors add like a random walk, giving ~ eps * K * term / sqrt(2)
+    for one implementation (blocked / pairwise BLAS sums do better).  Two implementations
+    (npnet and torch) may each err that much, so we allow 2 * eps * K * term, with a floor
+    of 1e-6 for very short sums.  The worst-case bound (eps * K**2 * term) would be much
+    looser; an actual bug (wrong index, missing term) errs by O(term), 1e4 times more.
+    """
+    return max(2.0 * F32_EPS * reduction_len * term, 1e-6)
+
+
+class _Flatten(nn.Module):
+    def forward(self, x):
+        return torch.flatten(x, 1)
+
+
+def layer_to_torch(layer) -> nn.Module:
+    """The torch counterpart of an npnet layer (or Sequential), weights copied in, float32.
+
+    The state layouts are the same, so the copy is a plain load_state_dict(strict=True).
+    """
+    if isinstance(layer, npnet.Sequential):
+        return nn.Sequential(*[layer_to_torch(sub) for sub in layer])
+    if isinstance(layer, npnet.Conv2d):
+        m = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size,
+                      stride=layer.stride, padding=layer.padding,
+                      bias="bias" in layer.params)
+    elif isinstance(layer, npnet.Linear):
+        m = nn.Linear(layer.in_features, layer.out_features, bias="bias" in layer.params)
+    elif isinstance(layer, npnet.MaxPool2d):
+        m = nn.MaxPool2d(layer.kernel_size, layer.stride, layer.padding)
+    elif isinstance(layer, npnet.AvgPool2d):
+        m = nn.AvgPool2d(layer.kernel_size, layer.stride, layer.padding)  # count_include_pad
+    elif isinstance(layer, npnet.ReLU):
+        m = nn.ReLU()
+    elif isinstance(layer, npnet.Tanh):
+        m = nn.Tanh()
+    elif isinstance(layer, npnet.Sigmoid):
+        m = nn.Sigmoid()
+    elif isinstance(layer, npnet.Flatten):
+        m = _Flatten()
+    else:
+        raise TypeError(f"no torch counterpart for {layer!r}")
+    state = {k: torch.from_numpy(v.copy()) for k, v in layer.params.items()}
+    m.load_state_dict(state, strict=True)
+    return m.to(dtype=torch.float64 if any(
+        v.dtype == np.float64 for v in layer.params.values()) else torch.float32)
+
+
+@pytest.fixture
+def rng(request) -> np.random.Generator:
+    """A generator seeded from the test's node id: reproducible and different per case."""
+    return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
+
+
+@pytest.fixture
+def draw(rng):
+    """``draw(shape, dtype=np.float64)``: distinct values away from 0 (see distinct_values)."""
+    return lambda shape, dtype=np.float64: distinct_values(rng, shape, dtype)
+
+
+@pytest.fixture
+def to_torch():
+    """``to_torch(npnet_layer)`` -> the equivalent torch module with the same weights."""
+    return layer_to_torch
+
+
+@pytest.fixture
+def tol32():
+    """``tol32(K, term)``: f32_atol, the float32 tolerance for sums of K products."""
+    return f32_atol
