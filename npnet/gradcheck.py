@@ -8,8 +8,10 @@ has error O(eps**2) from the Taylor series plus O(u/eps) from rounding (u = 1.1e
 float64), so eps = 1e-6 gives about 1e-10 on well-scaled values: that is why the check runs
 in float64 (in float32, u = 6e-8 and the same formula is good to about 1e-3 only).
 
-The scalar checked is L = sum(layer(x) * G) for a fixed random G, so backward is called
-with grad_out = G and every input and parameter gradient is compared.
+The scalar checked is L = sum(layer(x) * G) for a fixed G, so backward is called with
+grad_out = G and every input and parameter gradient is compared.  G is random by default;
+pass ``grad_out`` to check the layer with the gradient that really arrives at it in a
+network (examples/backprop_step_by_step.py does, at every layer of LeNet-5).
 """
 from __future__ import annotations
 
@@ -28,6 +30,10 @@ class TensorCheck:
     max_abs_err: float   # max |analytic - numeric|
     max_rel_err: float   # max |analytic - numeric| / max(|analytic|, |numeric|, tiny)
     passed: bool         # |analytic - numeric| <= atol + rtol * |numeric| everywhere
+    # ||analytic - numeric|| / max(||analytic||, ||numeric||, tiny) over the whole tensor:
+    # one number per tensor, not inflated by entries that are tiny (the usual figure: about
+    # 1e-7 or less is right, 1e-2 or more is a bug)
+    rel_err: float = float("nan")
 
     def __str__(self):
         return (f"{'ok  ' if self.passed else 'FAIL'} {self.name:<16} {str(self.shape):<18} "
@@ -39,7 +45,7 @@ class GradcheckError(AssertionError):
 
 
 def gradcheck(layer: Layer, x: np.ndarray, *, eps=1e-6, atol=1e-5, rtol=1e-3,
-              mode="full", n_directions=8, rng=None, raise_on_fail=True):
+              mode="full", n_directions=8, rng=None, raise_on_fail=True, grad_out=None):
     """Check ``layer.backward`` against float64 central differences.
 
     Args:
@@ -53,6 +59,8 @@ def gradcheck(layer: Layer, x: np.ndarray, *, eps=1e-6, atol=1e-5, rtol=1e-3,
             large tensors, as Chainer's check).
         rng: np.random.Generator for G and the directions.
         raise_on_fail: raise GradcheckError with the report if any tensor fails.
+        grad_out: the upstream gradient G, shaped like ``layer(x)`` (copied to float64);
+            None (the default) draws G from ``rng``, standard normal.
 
     Returns:
         list of TensorCheck, one per tensor: 'input' first, then the named parameters.
@@ -95,7 +103,13 @@ def gradcheck(layer: Layer, x: np.ndarray, *, eps=1e-6, atol=1e-5, rtol=1e-3,
 
     # analytic gradients from one forward + backward
     y = layer.forward(x)
-    G = rng.standard_normal(y.shape)
+    if grad_out is None:
+        G = rng.standard_normal(y.shape)
+    else:
+        G = np.array(grad_out, dtype=np.float64)    # a copy: the caller's array is untouched
+        if G.shape != np.shape(y):
+            raise ValueError(f"gradcheck: grad_out has shape {G.shape}, the layer's output "
+                             f"has shape {np.shape(y)}")
     layer.zero_grad()
     grad_x = layer.backward(G)
     tensors = [("input", x, np.array(grad_x, dtype=np.float64))]
@@ -130,11 +144,13 @@ def gradcheck(layer: Layer, x: np.ndarray, *, eps=1e-6, atol=1e-5, rtol=1e-3,
                 a[d], n[d] = np.sum(analytic * v), (plus - minus) / (2 * eps)
         err = np.abs(a - n)
         scale = np.maximum(np.maximum(np.abs(a), np.abs(n)), 1e-12)
+        norm = max(np.linalg.norm(a), np.linalg.norm(n), 1e-300)
         report.append(TensorCheck(
             name=name, shape=tuple(t.shape),
             max_abs_err=float(err.max(initial=0.0)),
             max_rel_err=float((err / scale).max(initial=0.0)),
-            passed=bool(np.all(err <= atol + rtol * np.abs(n)))))
+            passed=bool(np.all(err <= atol + rtol * np.abs(n))),
+            rel_err=float(np.linalg.norm(err) / norm) if err.size else 0.0))
     if raise_on_fail and not all(r.passed for r in report):
         raise GradcheckError("gradcheck failed:\n" + "\n".join(str(r) for r in report))
     return report
