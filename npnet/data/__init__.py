@@ -16,6 +16,7 @@ from .loader import (
     DataLoader,
     iterate_batches,
     normalize,
+    random_shift,
 )
 from .mnist import (
     FetchError,
@@ -30,6 +31,6 @@ __all__ = [
     "read_idx",
     "load_mnist", "load_fashion_mnist", "fetch", "default_root", "FetchError",
     "train_val_split",
-    "iterate_batches", "DataLoader", "normalize",
+    "iterate_batches", "DataLoader", "normalize", "random_shift",
     "MNIST_MEAN", "MNIST_STD", "FASHION_MNIST_MEAN", "FASHION_MNIST_STD",
 ]

@@ -142,3 +142,40 @@ class DataLoader:
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         return _batches(self.x, self.y, self.batch_size, self.shuffle, self.rng,
                         self.drop_last)
+
+
+def random_shift(x: np.ndarray, max_shift: int, rng: np.random.Generator,
+                 fill: float | None = None) -> np.ndarray:
+    """Translate each image by its own random (dy, dx) in [-max_shift, max_shift] pixels.
+
+    The cheapest augmentation that helps on digits: a digit moved by a pixel or two is the
+    same digit, and the network learns not to care where it sits.
+
+    Args:
+        x: ``(N, C, H, W)`` float images (already normalised).
+        max_shift: the largest shift, in pixels, ``>= 0``.
+        rng: the ``np.random.Generator`` the shifts are drawn from.
+        fill: the value shifted-in pixels get; default ``x.min()``, the background of a
+            normalised digit.
+
+    Returns:
+        a new ``(N, C, H, W)`` array of ``x``'s dtype.
+    """
+    if not isinstance(x, np.ndarray) or x.ndim != 4:
+        raise ValueError(f"random_shift: expected (N, C, H, W) images, got "
+                         f"{getattr(x, 'shape', type(x).__name__)}")
+    if not isinstance(max_shift, (int, np.integer)) or max_shift < 0:
+        raise ValueError(f"random_shift: max_shift must be an int >= 0, got {max_shift!r}")
+    if not isinstance(rng, np.random.Generator):
+        raise ValueError("random_shift needs rng, a np.random.Generator")
+    n, _, h, w = x.shape
+    s = int(max_shift)
+    fill = float(x.min()) if fill is None else fill
+    padded = np.pad(x, ((0, 0), (0, 0), (s, s), (s, s)), constant_values=fill)
+    dy = rng.integers(0, 2 * s + 1, size=n)                    # (N,) offset of each crop
+    dx = rng.integers(0, 2 * s + 1, size=n)
+    rows = dy[:, None] + np.arange(h)                          # (N, H)
+    cols = dx[:, None] + np.arange(w)                          # (N, W)
+    # (N, 1, 1) x (N, H, 1) x (N, 1, W) broadcast: one gather, crop n at (dy[n], dx[n])
+    out = padded[np.arange(n)[:, None, None], :, rows[:, :, None], cols[:, None, :]]
+    return np.ascontiguousarray(out.transpose(0, 3, 1, 2))     # (N, H, W, C) -> (N, C, H, W)

@@ -12,6 +12,7 @@ from npnet.data import (
     DataLoader,
     iterate_batches,
     normalize,
+    random_shift,
 )
 
 
@@ -183,3 +184,47 @@ def test_normalize_errors(images, kwargs, words):
     args = dict(mean=MNIST_MEAN, std=MNIST_STD) | kwargs
     with pytest.raises(ValueError, match=words):
         normalize(images, **args)
+
+
+# -- random_shift ----------------------------------------------------------------------------
+def _shift_of(original, shifted, s, fill):
+    """The (dy, dx) that turns original into shifted, or None."""
+    _, h, w = original.shape
+    padded = np.pad(original, ((0, 0), (s, s), (s, s)), constant_values=fill)
+    hits = [(dy, dx) for dy in range(2 * s + 1) for dx in range(2 * s + 1)
+            if np.array_equal(padded[:, dy:dy + h, dx:dx + w], shifted)]
+    return hits[0] if hits else None
+
+
+def test_random_shift_translates_each_image_within_the_bound():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((40, 2, 6, 7)).astype(np.float32)   # distinct values
+    y = random_shift(x, 2, np.random.default_rng(0), fill=-9.0)
+    assert y.shape == x.shape and y.dtype == np.float32 and y.flags.c_contiguous
+    shifts = [_shift_of(x[i], y[i], 2, -9.0) for i in range(len(x))]
+    assert all(s is not None for s in shifts)
+    assert len(set(shifts)) > 5          # 25 possible shifts over 40 images: they vary
+    again = random_shift(x, 2, np.random.default_rng(0), fill=-9.0)
+    assert np.array_equal(y, again)      # fixed by the generator
+
+
+def test_random_shift_fills_with_the_background_and_zero_shift_is_identity():
+    x = np.full((3, 1, 5, 5), 7.0)
+    x[:, :, 2, 2] = 1.0                  # background 7 is not the minimum here
+    assert np.array_equal(random_shift(x, 0, np.random.default_rng(0)), x)
+    y = random_shift(x, 1, np.random.default_rng(1), fill=7.0)
+    assert set(np.unique(y)) <= {1.0, 7.0}
+    default = random_shift(np.zeros((2, 1, 3, 3)) + 5, 1, np.random.default_rng(1))
+    assert np.all(default == 5)          # default fill: x.min(), the background
+
+
+@pytest.mark.parametrize("args, match", [
+    ((np.zeros((2, 28, 28)), 2), r"expected \(N, C, H, W\)"),
+    ((np.zeros((2, 1, 4, 4)), -1), "max_shift must be an int >= 0"),
+    ((np.zeros((2, 1, 4, 4)), 1.5), "max_shift must be an int >= 0"),
+], ids=["3d", "negative", "float"])
+def test_random_shift_refuses_bad_arguments(args, match):
+    with pytest.raises(ValueError, match=match):
+        random_shift(*args, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="needs rng"):
+        random_shift(np.zeros((1, 1, 2, 2)), 1, None)
