@@ -41,7 +41,8 @@ FASHION_CLASSES = ["T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", 
 
 
 def threads_summary():
-    return getattr(npnet.threads, "describe", lambda: "threads: default")()
+    p = npnet.threads.policy()
+    return f"{p['kernel_threads']} kernel threads, OpenBLAS {p['blas_threads']}"
 
 
 class Diverged(RuntimeError):
@@ -318,7 +319,7 @@ def main(argv=None):
                "epoch_seconds": history["seconds"], "seconds": secs,
                "images_per_second": len(x_tr) * len(history["epoch"]) / secs,
                "settings": {k: getattr(args, k) for k in TRAJECTORY_KEYS},
-               "threads": threads_summary()}
+               "threads": npnet.threads.policy()}
     atomic_write(out / "metrics.json", lambda f: f.write(
         json.dumps(metrics, indent=2).encode()))
     print(f"test accuracy {test_acc:.4f} ({int((pred != y_te).sum())} errors in "

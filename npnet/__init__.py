@@ -5,7 +5,7 @@ loops are Numba kernels (npnet/kernels/) with plain-NumPy references beside them
 gradients are checked numerically (npnet.gradcheck) and against PyTorch (tests/).
 """
 from . import threads  # noqa: F401  (sets the threading policy before any kernel runs)
-from . import data, hooks, models, optim  # noqa: F401
+from . import data, fused, hooks, models, optim  # noqa: F401
 from .gradcheck import GradcheckError, TensorCheck, gradcheck
 from .layers import (AvgPool2d, Conv2d, Flatten, Layer, Linear, MaxPool2d, Parameter,
                      ReLU, Sigmoid, Tanh)
@@ -14,5 +14,6 @@ from .losses import CrossEntropyLoss, MSELoss
 from .models import lenet5, lenet5_classic
 from .sequential import Sequential
 from .summary import summary
+from .threads import get_num_threads, set_num_threads
 
 __version__ = "0.1.0"

@@ -12,6 +12,7 @@ from collections import OrderedDict
 
 import numpy as np
 
+from . import fused as _fused
 from .layers.base import Layer, Parameter
 
 
@@ -21,10 +22,16 @@ class Sequential(Layer):
     ``Sequential(l1, l2, ...)`` names the layers '0', '1', ...;
     ``Sequential(OrderedDict(conv1=..., relu1=...))`` uses the given names, which prefix
     the keys of ``state_dict()`` ('conv1.weight').  A Sequential may hold Sequentials.
+
+    ``fuse=True`` (default) lets it run Conv2d -> ReLU -> MaxPool2d(2) as one fast kernel
+    when that computes the same thing (float32, no hooks): see npnet/fused.py.
     """
 
-    def __init__(self, *layers):
+    def __init__(self, *layers, fuse=True):
         super().__init__()
+        self.fuse = bool(fuse)
+        self._plan = None           # the fused schedule (npnet/fused.py), built lazily
+        self._fused_pass = False    # did the last forward run through it?
         if len(layers) == 1 and isinstance(layers[0], (OrderedDict, dict)):
             items = list(layers[0].items())
         else:
@@ -52,6 +59,16 @@ class Sequential(Layer):
 
     # -- forward and backward --------------------------------------------------------------
     def forward(self, x):
+        self._fused_pass = False
+        if self.fuse and _fused.enabled:                 # the fast path, npnet/fused.py
+            layers = list(self.layers.values())
+            if not _fused.has_hooks(layers):
+                if self._plan is None or self._plan.key != tuple(map(id, layers)):
+                    self._plan = _fused.Plan(layers)
+                if self._plan.steps is not None:
+                    y = self._plan.forward(x)
+                    self._fused_pass = True
+                    return y
         for layer in self.layers.values():
             y = layer.forward(x)
             for hook in layer._forward_hooks:
@@ -65,6 +82,9 @@ class Sequential(Layer):
         ``need_grad_in=False`` lets the first layer skip the gradient of the network's
         input (returns None): training never uses the gradient of the images.
         """
+        if self._fused_pass:                             # forward ran the fast path
+            self._fused_pass = False
+            return self._plan.backward(grad_out, need_grad_in)
         layers = list(self.layers.values())
         for i in range(len(layers) - 1, -1, -1):
             layer = layers[i]

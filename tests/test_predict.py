@@ -58,8 +58,9 @@ def test_to_mnist_keeps_mnist_digits_as_the_model_knows_them(predict, checkpoint
                                   "npy_float_small", "npy_uint8_rgb"])
 def test_predicts_digits_in_other_forms(predict, checkpoint, tmp_path, capsys, form):
     images, labels = npnet.data.load_mnist(split="test")
+    n = 100
     paths = []
-    for i in range(10):
+    for i in range(n):
         img = images[i]
         if form == "png_dark_on_light_large":
             path = tmp_path / f"{i}.png"
@@ -81,10 +82,15 @@ def test_predicts_digits_in_other_forms(predict, checkpoint, tmp_path, capsys, f
         paths.append(str(path))
     assert predict.main(["--checkpoint", str(checkpoint), *paths]) == 0
     lines = [l for l in capsys.readouterr().out.splitlines() if not l.startswith("  ")]
-    predicted = [int(l.split(": ")[1].split()[0]) for l in lines]
-    # the first ten test digits; a 96% model may miss one after resampling
-    assert sum(p == t for p, t in zip(predicted, labels[:10])) >= 9, (predicted,
-                                                                      labels[:10])
+    predicted = np.array([int(l.split(": ")[1].split()[0]) for l in lines])
+    assert len(predicted) == n
+    model = npnet.lenet5()
+    model.load_state_dict(npnet.load(checkpoint)["model"])
+    raw = model.eval()(npnet.data.normalize(images[:n], npnet.data.MNIST_MEAN,
+                                            npnet.data.MNIST_STD)).argmax(axis=1)
+    # brought back to MNIST's form, the digits score as the originals do, give or take
+    # what resampling changes (5 digits in 100)
+    assert np.mean(predicted == labels[:n]) >= np.mean(raw == labels[:n]) - 0.05
 
 
 def test_unreadable_and_blank_images_are_reported(predict, checkpoint, tmp_path, capsys):

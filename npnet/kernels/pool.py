@@ -28,7 +28,7 @@ def maxpool_forward(x, kh, kw, sh, sw, ph, pw, y, argmax):
                 best_k = -1
                 for i in range(kh):
                     h = oh * sh - ph + i
-                    if h < 0 or h >= H:
+                    if h < 0 or h >= H or best != best:   # stop at the first NaN
                         continue
                     for j in range(kw):
                         w = ow * sw - pw + j
@@ -109,4 +109,53 @@ def avgpool_backward(grad_out, kh, kw, sh, sw, ph, pw, grad_in):
                         w = ow * sw - pw + j
                         if 0 <= w < W:
                             grad_in[n, c, h, w] += g
+    return grad_in
+
+
+# -- the common case, 2x2 windows of stride 2 without padding, written out -------------------
+@njit(cache=True, parallel=True, nogil=True)
+def maxpool2x2_forward(x, y, argmax):
+    """maxpool_forward for kh = kw = sh = sw = 2, ph = pw = 0, with the window unrolled.
+
+    Same results and argmax convention (index 2*i + j, first maximum, NaN wins).
+    """
+    N, C = x.shape[0], x.shape[1]
+    OH, OW = y.shape[2], y.shape[3]
+    for n in prange(N):
+        for c in range(C):
+            for oh in range(OH):
+                top = x[n, c, 2 * oh]
+                bot = x[n, c, 2 * oh + 1]
+                for ow in range(OW):
+                    best = top[2 * ow]
+                    k = 0
+                    v = top[2 * ow + 1]
+                    if (v > best or v != v) and best == best:
+                        best = v
+                        k = 1
+                    v = bot[2 * ow]
+                    if (v > best or v != v) and best == best:
+                        best = v
+                        k = 2
+                    v = bot[2 * ow + 1]
+                    if (v > best or v != v) and best == best:
+                        best = v
+                        k = 3
+                    y[n, c, oh, ow] = best
+                    argmax[n, c, oh, ow] = k
+    return y, argmax
+
+
+@njit(cache=True, parallel=True, nogil=True)
+def maxpool2x2_backward(grad_out, argmax, grad_in):
+    """maxpool_backward for 2x2 windows of stride 2 without padding (no overlaps)."""
+    N, C, H, W = grad_in.shape
+    OH, OW = grad_out.shape[2], grad_out.shape[3]
+    for n in prange(N):
+        for c in range(C):
+            grad_in[n, c] = 0
+            for oh in range(OH):
+                for ow in range(OW):
+                    k = argmax[n, c, oh, ow]
+                    grad_in[n, c, 2 * oh + k // 2, 2 * ow + k % 2] = grad_out[n, c, oh, ow]
     return grad_in

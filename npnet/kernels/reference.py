@@ -111,3 +111,36 @@ def avgpool_backward_ref(grad_out, x_shape, kh, kw, sh, sw, ph, pw):
             gp[:, :, oh * sh:oh * sh + kh, ow * sw:ow * sw + kw] += (
                 grad_out[:, :, oh, ow][:, :, None, None] / (kh * kw))
     return gp[:, :, ph:ph + H, pw:pw + W].copy()
+
+
+# -- fused blocks (npnet/kernels/fused.py): composed from the references above ---------------
+def conv_relu_pool_forward_ref(x, weight, bias, ph, pw):
+    """Conv (stride 1, padding (ph, pw)) + bias -> ReLU -> 2x2 max-pool of stride 2.
+
+    -> (y (N, F, OH//2, OW//2), arg (N, F, OH//2, OW//2) int8).  ``arg`` is the first
+    maximum of the pre-activation z in each window (index 2*i + j): relu(max z) is the
+    window's output, and where it is > 0 its gradient goes to that pixel.
+    """
+    N = x.shape[0]
+    F, C, kh, kw = weight.shape
+    OH, OW = out_size(x.shape[2], kh, 1, ph), out_size(x.shape[3], kw, 1, pw)
+    cols = im2col_ref(x, kh, kw, 1, 1, ph, pw)                        # (N, K, P)
+    z = (weight.reshape(F, -1) @ cols + bias[:, None]).reshape(N, F, OH, OW)
+    zmax, arg = maxpool_forward_ref(z, 2, 2, 2, 2, 0, 0)
+    y = np.where(zmax > 0, zmax, np.where(np.isnan(zmax), zmax, 0)).astype(x.dtype)
+    return y, arg.astype(np.int8)
+
+
+def conv_relu_pool_backward_ref(x, weight, ph, pw, grad_out, y, arg):
+    """Gradients of the block, per sample: -> (dw_n (N, F, K), db_n (N, F), grad_in)."""
+    N = x.shape[0]
+    F, C, kh, kw = weight.shape
+    OH, OW = out_size(x.shape[2], kh, 1, ph), out_size(x.shape[3], kw, 1, pw)
+    g = np.where(y > 0, grad_out, 0).astype(grad_out.dtype)          # ReLU's derivative
+    gz = maxpool_backward_ref(g, arg, (N, F, OH, OW), 2, 2, 2, 2, 0, 0).reshape(N, F, -1)
+    cols = im2col_ref(x, kh, kw, 1, 1, ph, pw)                        # (N, K, P)
+    dw_n = gz @ cols.transpose(0, 2, 1)                               # (N, F, K)
+    db_n = gz.sum(axis=2)                                             # (N, F)
+    grad_cols = weight.reshape(F, -1).T @ gz                          # (N, K, P)
+    grad_in = col2im_ref(grad_cols, x.shape, kh, kw, 1, 1, ph, pw)
+    return dw_n, db_n, grad_in

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..kernels.pool import avgpool_backward, avgpool_forward, maxpool_backward, \
-    maxpool_forward
+from ..kernels.pool import avgpool_backward, avgpool_forward, maxpool2x2_backward, \
+    maxpool2x2_forward, maxpool_backward, maxpool_forward
 from .base import Layer, check_array, check_grad, no_cache_error, pair
 
 
@@ -63,17 +63,22 @@ class MaxPool2d(_Pool2d):
         out_shape = self.output_shape(x.shape)
         y = np.empty(out_shape, dtype=x.dtype)
         argmax = np.empty(out_shape, dtype=np.int32)   # winner's index i*kw + j per window
-        maxpool_forward(np.ascontiguousarray(x), *self._geometry(), y, argmax)
-        self._cache = (x.shape, argmax) if self.training else None
+        if self._geometry() == (2, 2, 2, 2, 0, 0):     # the usual case: an unrolled kernel
+            maxpool2x2_forward(np.ascontiguousarray(x), y, argmax)
+        else:
+            maxpool_forward(np.ascontiguousarray(x), *self._geometry(), y, argmax)
+        self._cache = (x.shape, x.dtype, argmax) if self.training else None
         return y
 
     def backward(self, grad_out):
         if self._cache is None:
             raise no_cache_error(self)
-        x_shape, argmax = self._cache
+        x_shape, dtype, argmax = self._cache
         self._cache = None
-        check_grad(self, grad_out, argmax.shape, grad_out.dtype)
+        check_grad(self, grad_out, argmax.shape, dtype)
         grad_in = np.empty(x_shape, dtype=grad_out.dtype)
+        if self._geometry() == (2, 2, 2, 2, 0, 0):
+            return maxpool2x2_backward(np.ascontiguousarray(grad_out), argmax, grad_in)
         return maxpool_backward(np.ascontiguousarray(grad_out), argmax, *self._geometry(),
                                 grad_in)
 
@@ -93,14 +98,14 @@ class AvgPool2d(_Pool2d):
         check_array(self, x, 4)
         y = np.empty(self.output_shape(x.shape), dtype=x.dtype)
         avgpool_forward(np.ascontiguousarray(x), *self._geometry(), y)
-        self._cache = x.shape if self.training else None
+        self._cache = (x.shape, x.dtype) if self.training else None
         return y
 
     def backward(self, grad_out):
         if self._cache is None:
             raise no_cache_error(self)
-        x_shape = self._cache
+        x_shape, dtype = self._cache
         self._cache = None
-        check_grad(self, grad_out, self.output_shape(x_shape), grad_out.dtype)
+        check_grad(self, grad_out, self.output_shape(x_shape), dtype)
         grad_in = np.empty(x_shape, dtype=grad_out.dtype)
         return avgpool_backward(np.ascontiguousarray(grad_out), *self._geometry(), grad_in)

@@ -1,0 +1,163 @@
+"""The fused conv + ReLU + 2x2 max-pool kernels against their NumPy references.
+
+npnet/kernels/fused.py is checked against npnet/kernels/reference.py (which composes the
+plain im2col / max-pool references) over many geometries, in float32.
+"""
+import numpy as np
+import pytest
+
+from npnet.kernels.fused import chunk_size, conv_relu_pool_backward, conv_relu_pool_forward
+from npnet.kernels.reference import conv_relu_pool_backward_ref, conv_relu_pool_forward_ref
+
+# (N, C, F, H, W, kh, kw, ph, pw)
+GEOMETRIES = {
+    "lenet_conv1": (4, 1, 6, 28, 28, 5, 5, 2, 2),
+    "lenet_conv2": (3, 6, 16, 14, 14, 5, 5, 0, 0),
+    "odd_map_k3_p1": (2, 3, 5, 9, 7, 3, 3, 1, 1),
+    "rect_k3x5_p0x2": (2, 2, 7, 10, 8, 3, 5, 0, 2),
+    "k1_single_sample": (1, 4, 3, 6, 6, 1, 1, 0, 0),
+    "map_2x2_exactly": (2, 3, 9, 6, 6, 5, 5, 0, 0),
+    "k4_big_pad": (2, 2, 4, 5, 5, 4, 4, 3, 3),
+}
+
+
+def _draw(rng, N, C, F, H, W, kh, kw, ph, pw):
+    x = rng.standard_normal((N, C, H, W)).astype(np.float32)
+    weight = rng.standard_normal((F, C, kh, kw)).astype(np.float32) / np.sqrt(C * kh * kw)
+    bias = rng.standard_normal(F).astype(np.float32) * 0.1
+    return x, weight, bias
+
+
+CHUNKS = [1, 2, 3]     # samples per task (the last chunk may be shorter)
+
+
+def _forward(x, weight, bias, ph, pw, S=1):
+    N, (F, C, kh, kw) = x.shape[0], weight.shape
+    OH, OW = x.shape[2] + 2 * ph - kh + 1, x.shape[3] + 2 * pw - kw + 1
+    y = np.full((N, F, OH // 2, OW // 2), np.nan, dtype=np.float32)
+    arg = np.full(y.shape, -1, dtype=np.int8)
+    conv_relu_pool_forward(x, weight.reshape(F, -1), bias, kh, kw, ph, pw, S, y, arg)
+    return y, arg
+
+
+@pytest.mark.parametrize("geom", GEOMETRIES.values(), ids=GEOMETRIES.keys())
+@pytest.mark.parametrize("S", CHUNKS, ids=[f"S{s}" for s in CHUNKS])
+def test_forward_matches_reference(geom, S):
+    x, weight, bias = _draw(np.random.default_rng(0), *geom)
+    ph, pw = geom[7], geom[8]
+    y, arg = _forward(x, weight, bias, ph, pw, S)
+    y_ref, arg_ref = conv_relu_pool_forward_ref(x, weight, bias, ph, pw)
+    assert y.dtype == np.float32 and arg.dtype == np.int8
+    np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-6)
+    # the winner matters only where the output is positive (elsewhere no gradient flows)
+    live = y_ref > 0
+    assert live.any() and (~live).any()
+    np.testing.assert_array_equal(arg[live], arg_ref[live])
+
+
+@pytest.mark.parametrize("geom", GEOMETRIES.values(), ids=GEOMETRIES.keys())
+@pytest.mark.parametrize("S", CHUNKS, ids=[f"S{s}" for s in CHUNKS])
+@pytest.mark.parametrize("need_grad_in", [True, False], ids=["grad_in", "no_grad_in"])
+def test_backward_matches_reference(geom, S, need_grad_in):
+    rng = np.random.default_rng(1)
+    x, weight, bias = _draw(rng, *geom)
+    ph, pw = geom[7], geom[8]
+    N, F, K = x.shape[0], weight.shape[0], weight[0].size
+    y, arg = _forward(x, weight, bias, ph, pw, S)
+    grad_out = rng.standard_normal(y.shape).astype(np.float32)
+    chunks = -(-N // S)
+    dw_c = np.full((chunks, F, K), np.nan, dtype=np.float32)
+    db_n = np.full((N, F), np.nan, dtype=np.float32)
+    grad_in = np.full(x.shape, 7.0, dtype=np.float32)
+    w2 = weight.reshape(F, K)
+    conv_relu_pool_backward(x, w2, np.ascontiguousarray(w2.T), *geom[5:9], S, grad_out, y,
+                            arg, dw_c, db_n, grad_in, need_grad_in)
+    dw_ref, db_ref, gin_ref = conv_relu_pool_backward_ref(x, weight, ph, pw, grad_out, y, arg)
+    # one weight gradient per chunk of S samples: the reference's per-sample ones summed
+    dw_ref_c = np.stack([dw_ref[c * S:(c + 1) * S].sum(axis=0) for c in range(chunks)])
+    np.testing.assert_allclose(dw_c, dw_ref_c, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(db_n, db_ref, rtol=1e-4, atol=1e-5)
+    if need_grad_in:
+        np.testing.assert_allclose(grad_in, gin_ref, rtol=1e-4, atol=1e-5)
+    else:
+        assert (grad_in == 7.0).all()      # untouched
+
+
+def test_ties_go_to_the_first_maximum_and_nan_wins():
+    # a 1x1 identity convolution, so z is x itself and the windows are easy to write
+    x = np.array([[[[1, 3, 0, -1],
+                    [3, 2, -2, -1],
+                    [np.nan, 5, 4, 4],
+                    [9, 9, 4, 4]]]], dtype=np.float32)
+    weight = np.ones((1, 1, 1, 1), dtype=np.float32)
+    y, arg = _forward(x, weight, np.zeros(1, np.float32), 0, 0)
+    np.testing.assert_array_equal(y[0, 0], [[3, 0], [np.nan, 4]])
+    np.testing.assert_array_equal(arg[0, 0, 0, 0], 1)         # 3 at (0,1) before (1,0)
+    np.testing.assert_array_equal(arg[0, 0, 1], [0, 0])        # NaN wins; 4s: the first
+    y_ref, arg_ref = conv_relu_pool_forward_ref(x, weight, np.zeros(1, np.float32), 0, 0)
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_array_equal(arg[y_ref > 0], arg_ref[y_ref > 0])
+
+
+def test_chunk_size():
+    assert chunk_size(28, 28, 5, 5, 2, 2) == 1          # LeNet-5 conv1: rows of 892
+    assert chunk_size(14, 14, 5, 5, 0, 0) == 4          # conv2: rows of 136 -> 4 samples
+    assert chunk_size(3, 3, 3, 3, 0, 0) == 8            # capped
+
+
+def test_results_do_not_depend_on_the_thread_count():
+    import numba
+    rng = np.random.default_rng(2)
+    x, weight, bias = _draw(rng, 9, 6, 16, 14, 14, 5, 5, 0, 0)
+    w2 = weight.reshape(16, -1)
+    runs = []
+    old = numba.get_num_threads()
+    try:
+        for threads in sorted({1, numba.config.NUMBA_NUM_THREADS}):
+            numba.set_num_threads(threads)
+            y, arg = _forward(x, weight, bias, 0, 0, S=4)
+            g = np.linspace(-1, 1, y.size, dtype=np.float32).reshape(y.shape)
+            dw_c = np.empty((3, 16, 150), np.float32)
+            db_n = np.empty((9, 16), np.float32)
+            gin = np.empty_like(x)
+            conv_relu_pool_backward(x, w2, np.ascontiguousarray(w2.T), 5, 5, 0, 0, 4, g, y,
+                                    arg, dw_c, db_n, gin, True)
+            runs.append((y, dw_c, db_n, gin))
+    finally:
+        numba.set_num_threads(old)
+    for a, b in zip(runs[0], runs[-1]):
+        np.testing.assert_array_equal(a, b)
+
+
+# -- the unrolled 2x2 max-pool used by MaxPool2d (npnet/kernels/pool.py) ----------------------
+@pytest.mark.parametrize("shape", [(2, 3, 8, 8), (1, 2, 7, 9), (3, 1, 2, 2)],
+                         ids=["even", "odd_floor", "single_window"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_maxpool2x2_matches_reference(shape, dtype):
+    from npnet.kernels.pool import maxpool2x2_backward, maxpool2x2_forward
+    from npnet.kernels.reference import maxpool_backward_ref, maxpool_forward_ref
+    rng = np.random.default_rng(3)
+    x = rng.permutation(np.prod(shape)).reshape(shape).astype(dtype)   # distinct values
+    N, C, H, W = shape
+    y = np.empty((N, C, H // 2, W // 2), dtype)
+    arg = np.empty(y.shape, np.int32)
+    maxpool2x2_forward(x, y, arg)
+    y_ref, arg_ref = maxpool_forward_ref(x, 2, 2, 2, 2, 0, 0)
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_array_equal(arg, arg_ref)
+    g = np.arange(y.size, dtype=dtype).reshape(y.shape) + 1
+    gin = np.full(shape, np.nan, dtype)
+    maxpool2x2_backward(g, arg, gin)
+    np.testing.assert_array_equal(gin, maxpool_backward_ref(g, arg, shape, 2, 2, 2, 2, 0, 0))
+
+
+def test_maxpool2x2_ties_and_nan_as_the_reference():
+    from npnet.kernels.pool import maxpool2x2_forward
+    from npnet.kernels.reference import maxpool_forward_ref
+    x = np.array([[[[1, 1, np.nan, 2], [1, 0, 3, np.nan]]]], dtype=np.float32)
+    y, arg = np.empty((1, 1, 1, 2), np.float32), np.empty((1, 1, 1, 2), np.int32)
+    maxpool2x2_forward(x, y, arg)
+    y_ref, arg_ref = maxpool_forward_ref(x, 2, 2, 2, 2, 0, 0)
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_array_equal(arg, arg_ref)            # first maximum; first NaN
+    np.testing.assert_array_equal(arg[0, 0, 0], [0, 0])
