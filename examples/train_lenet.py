@@ -28,12 +28,14 @@ import npnet
 from npnet import data as npdata
 from npnet.io import atomic_write
 
-SHIFT_DEFAULT = 2  # +-2 px: 99.43% vs 99.14% without (torch, same recipe, seed 0)
+# Random shifts of +-2 px: on MNIST 99.43% test accuracy against 99.14% without (torch,
+# same recipe, seed 0); on Fashion-MNIST they cost a point (90.3% against 91.1%), so 0.
+SHIFT_DEFAULT = {"mnist": 2, "fashion-mnist": 0}
 # Settings that shape the training trajectory: a resumed run must keep them.
 TRAJECTORY_KEYS = ("dataset", "epochs", "batch_size", "lr", "optimizer", "momentum",
                    "weight_decay", "shift", "seed", "limit")
 DEFAULTS = dict(dataset="mnist", epochs=15, batch_size=64, lr=0.05, optimizer="sgd",
-                momentum=0.9, weight_decay=5e-4, shift=SHIFT_DEFAULT, seed=0, limit=None)
+                momentum=0.9, weight_decay=5e-4, shift=None, seed=0, limit=None)
 NORMALIZATION = {"mnist": (npdata.MNIST_MEAN, npdata.MNIST_STD),
                  "fashion-mnist": (npdata.FASHION_MNIST_MEAN, npdata.FASHION_MNIST_STD)}
 FASHION_CLASSES = ["T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
@@ -69,7 +71,7 @@ def parse_args(argv=None):
                    help=f"L2 penalty; default {DEFAULTS['weight_decay']}")
     p.add_argument("--shift", type=int, default=None, metavar="PIXELS",
                    help="augment: move each training image by up to this many pixels; "
-                        f"default {DEFAULTS['shift']}")
+                        "default 2 for MNIST, 0 for Fashion-MNIST")
     p.add_argument("--seed", type=int, default=None,
                    help=f"seeds the weights and the shuffling; default {DEFAULTS['seed']}")
     p.add_argument("--limit", type=int, default=None,
@@ -92,6 +94,8 @@ def parse_args(argv=None):
     for k in TRAJECTORY_KEYS:
         if getattr(args, k) is None:
             setattr(args, k, DEFAULTS[k])
+    if args.shift is None:
+        args.shift = SHIFT_DEFAULT[args.dataset]
     if args.epochs < 1 or args.batch_size < 1 or (args.limit is not None and args.limit < 1):
         p.error("--epochs, --batch-size and --limit must be at least 1")
     if args.shift < 0:
@@ -210,7 +214,8 @@ def train_epoch(model, crit, opt, x, y, args, rng, epoch, progress):
         if bar is not None:
             bar.update(len(xb))
             if step % 20 == 0 or seen == len(x):
-                bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.4f}",
+                bar.set_postfix(refresh=False, loss=f"{total_loss / seen:.4f}",
+                                acc=f"{correct / seen:.4f}",
                                 img_s=f"{seen / (time.perf_counter() - t0):,.0f}")
     if bar is not None:
         bar.close()
