@@ -113,3 +113,20 @@ def to_torch():
 def tol32():
     """``tol32(K, term)``: f32_atol, the float32 tolerance for sums of K products."""
     return f32_atol
+
+
+@pytest.fixture(scope="session")
+def load_example():
+    """``load_example("train_lenet")``: a script of examples/ imported as a module, so a
+    test can call its ``main(argv)`` and its functions in-process."""
+    import importlib.util
+    from pathlib import Path
+    examples = Path(__file__).resolve().parents[1] / "examples"
+
+    def load(name):
+        spec = importlib.util.spec_from_file_location(f"example_{name}",
+                                                      examples / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    return load

@@ -1,34 +1,20 @@
 """examples/predict.py: digits of any size and either polarity, brought to MNIST's form."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 from PIL import Image
 
 import npnet
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_example(name):
-    spec = importlib.util.spec_from_file_location(f"example_{name}",
-                                                  ROOT / "examples" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
-def predict():
+def predict(load_example):
     return load_example("predict")
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    """A LeNet-5 trained for one epoch on 5,000 images (~96% test accuracy)."""
+def checkpoint(tmp_path_factory, load_example):
+    """A LeNet-5 trained for one epoch on 5,000 images (about 93% test accuracy)."""
     out = tmp_path_factory.mktemp("run")
     train = load_example("train_lenet")
     assert train.main(["--limit", "5000", "--epochs", "1", "--out", str(out),

@@ -6,7 +6,6 @@ be had, they fail: they are never skipped.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -26,16 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ["--no-plots", "--no-progress"]
 
 
-def load_example(name):
-    spec = importlib.util.spec_from_file_location(f"example_{name}",
-                                                  ROOT / "examples" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
-def train():
+def train(load_example):
     return load_example("train_lenet")
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import numbers
 
-from .optimizer import Optimizer, _plain
+from .optimizer import Optimizer, _plain, check_state_dict
 
 
 class LRScheduler:
@@ -61,16 +61,8 @@ class LRScheduler:
     def load_state_dict(self, state_dict: dict) -> None:
         """Restore a ``state_dict()``.  Like torch's, it does not change ``optimizer.lr``:
         that comes back with the optimizer's own ``load_state_dict``."""
-        name = f"{type(self).__name__}.load_state_dict"
-        if not isinstance(state_dict, dict):
-            raise ValueError(f"{name}: expected a dict, got {type(state_dict).__name__}")
-        kind = state_dict.get("type", type(self).__name__)
-        if kind != type(self).__name__:
-            raise ValueError(f"{name}: the state is of a {kind}, not a {type(self).__name__}")
         keys = ("last_epoch", "base_lr", "last_lr", *self.hyper_names)
-        missing = [k for k in keys if k not in state_dict]
-        if missing:
-            raise ValueError(f"{name}: missing keys {missing}")
+        name = check_state_dict(self, state_dict, keys)
         values = {k: _plain(state_dict[k]) for k in keys}
         for k, v in values.items():
             if isinstance(v, bool) or not isinstance(v, numbers.Real):

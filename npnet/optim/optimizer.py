@@ -108,15 +108,7 @@ class Optimizer:
         different optimizer type, a missing or invalid hyperparameter, a different number
         of parameters, or a state array whose shape is not its parameter's.
         """
-        name = f"{type(self).__name__}.load_state_dict"
-        if not isinstance(state_dict, dict):
-            raise ValueError(f"{name}: expected a dict, got {type(state_dict).__name__}")
-        kind = state_dict.get("type", type(self).__name__)
-        if kind != type(self).__name__:
-            raise ValueError(f"{name}: the state is of a {kind}, not a {type(self).__name__}")
-        missing = [k for k in (*self.hyper_names, "state") if k not in state_dict]
-        if missing:
-            raise ValueError(f"{name}: missing keys {missing}")
+        name = check_state_dict(self, state_dict, (*self.hyper_names, "state"))
         hyper = {k: _plain(state_dict[k]) for k in self.hyper_names}
         try:
             self._check_hyper(hyper)
@@ -171,6 +163,23 @@ class Optimizer:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self._hyper().items())
         return f"{type(self).__name__}({len(self.params)} parameters, {args})"
+
+
+def check_state_dict(owner, state_dict, keys) -> str:
+    """Refuse a state_dict that is not a dict, is another class's, or lacks one of ``keys``.
+
+    Shared by the optimizers and the schedulers; returns the name to prefix errors with.
+    """
+    name = f"{type(owner).__name__}.load_state_dict"
+    if not isinstance(state_dict, dict):
+        raise ValueError(f"{name}: expected a dict, got {type(state_dict).__name__}")
+    kind = state_dict.get("type", type(owner).__name__)
+    if kind != type(owner).__name__:
+        raise ValueError(f"{name}: the state is of a {kind}, not a {type(owner).__name__}")
+    missing = [k for k in keys if k not in state_dict]
+    if missing:
+        raise ValueError(f"{name}: missing keys {missing}")
+    return name
 
 
 def _plain(value):
