@@ -2,10 +2,13 @@
 
     python examples/predict.py --checkpoint runs/lenet5/best.npz digit.png other.npy
 
-Each image may be a PNG (or any format Pillow reads) or a .npy array, of any size, dark
+Each image may be a PNG (or any format Pillow reads: 8- or 16-bit, grey or colour, with or
+without transparency) or a .npy array ((H, W), (H, W, C) or (C, H, W)), of any size, dark
 ink on a light background or light on dark.  It is brought to MNIST's form first, as the
 MNIST images themselves were made: grey levels, ink bright on black, cropped to the ink,
 scaled so its longer side is 20 pixels, and centred by its centre of mass in a 28x28 frame.
+A Fashion-MNIST checkpoint gets Fashion-MNIST's form instead: the whole picture scaled to
+28x28, light on black; its classes are printed by name.
 """
 from __future__ import annotations
 
@@ -21,22 +24,37 @@ from npnet import data as npdata
 def load_image(path):
     """-> float grey levels in [0, 1], (H, W)."""
     if str(path).endswith(".npy"):
-        img = np.load(path, allow_pickle=False)
+        img = np.asarray(np.load(path, allow_pickle=False))
+        if img.ndim == 3 and img.shape[0] in (1, 3, 4) and img.shape[-1] not in (1, 3, 4):
+            img = np.moveaxis(img, 0, -1)              # (C, H, W) -> (H, W, C)
+        if img.ndim == 3 and img.shape[-1] == 1:
+            img = img[..., 0]
+        if img.ndim == 3 and img.shape[-1] in (3, 4):  # an RGB(A) array: average the colours
+            img = img[..., :3].mean(axis=-1)
+        scale = 255.0 if img.dtype == np.uint8 or (img.size and np.nanmax(img) > 1) else 1.0
     else:
-        from PIL import Image
-        with Image.open(path) as im:
-            img = np.asarray(im.convert("L"))
-    img = np.squeeze(np.asarray(img))
-    if img.ndim == 3 and img.shape[-1] in (3, 4):      # an RGB(A) array: average the colours
-        img = img[..., :3].mean(axis=-1)
+        img, scale = _read_picture(path)
     if img.ndim != 2 or min(img.shape) < 1:
-        raise ValueError(f"{path}: expected a 2-D grey image, got shape {img.shape}")
+        raise ValueError(f"expected a 2-D grey image, got shape {img.shape}")
     img = img.astype(np.float64)
     if not np.all(np.isfinite(img)):
-        raise ValueError(f"{path}: the image holds nan or inf")
-    if img.max() > 1.0:                                # 0..255 grey levels
-        img = img / 255.0
-    return np.clip(img, 0.0, 1.0)
+        raise ValueError("the image holds nan or inf")
+    return np.clip(img / scale, 0.0, 1.0)
+
+
+def _read_picture(path):
+    """A PNG/JPEG/... as grey levels and the value of white: 8- and 16-bit, with or
+    without alpha (transparent pixels count as white paper)."""
+    from PIL import Image
+    with Image.open(path) as im:
+        if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):       # 16-bit or float grey
+            img = np.asarray(im, dtype=np.float64)
+            white = 65535.0 if im.mode.startswith("I;16") else max(float(img.max()), 1.0)
+            return img, white
+        if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+            paper = Image.new("RGBA", im.size, (255, 255, 255, 255))
+            im = Image.alpha_composite(paper, im.convert("RGBA"))
+        return np.asarray(im.convert("L"), dtype=np.float64), 255.0
 
 
 def to_mnist(img):
@@ -66,8 +84,27 @@ def to_mnist(img):
     cy = (frame.sum(axis=1) @ np.arange(28)) / total
     cx = (frame.sum(axis=0) @ np.arange(28)) / total
     dy, dx = int(round(14 - cy)), int(round(14 - cx))
-    frame = np.roll(np.roll(frame, dy, axis=0), dx, axis=1)
-    return np.clip(frame, 0, 255).astype(np.uint8)
+    return np.clip(_shift(frame, dy, dx), 0, 255).astype(np.uint8)
+
+
+def _shift(img, dy, dx):
+    """Move img by (dy, dx) pixels, filling with 0 (np.roll would wrap ink around)."""
+    out = np.zeros_like(img)
+    h, w = img.shape
+    out[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
+        img[max(-dy, 0):h - max(dy, 0), max(-dx, 0):w - max(dx, 0)]
+    return out
+
+
+def to_fashion_mnist(img):
+    """(H, W) grey levels in [0, 1] -> (28, 28) uint8: a light garment on black, the whole
+    picture scaled into the frame (Fashion-MNIST's images are not cropped or centred)."""
+    border = np.concatenate([img[0], img[-1], img[:, 0], img[:, -1]])
+    if np.median(border) > 0.5:                        # light background: make it black
+        img = 1.0 - img
+    from PIL import Image
+    small = Image.fromarray((img * 255).astype(np.uint8)).resize((28, 28), Image.LANCZOS)
+    return np.asarray(small, dtype=np.uint8)
 
 
 def softmax(z):
@@ -82,30 +119,37 @@ def main(argv=None):
     p.add_argument("images", nargs="+", help="PNG files or .npy arrays of digits")
     args = p.parse_args(argv)
 
-    ckpt = npnet.load(args.checkpoint)
-    if not isinstance(ckpt, dict) or "model" not in ckpt:
-        raise SystemExit(f"{args.checkpoint}: not a checkpoint of train_lenet.py")
-    dataset = ckpt.get("args", {}).get("dataset", "mnist")
-    mean, std = ((npdata.MNIST_MEAN, npdata.MNIST_STD) if dataset == "mnist"
-                 else (npdata.FASHION_MNIST_MEAN, npdata.FASHION_MNIST_STD))
-    model = npnet.models.lenet5()
-    model.load_state_dict(ckpt["model"])
+    try:
+        ckpt = npnet.load(args.checkpoint)
+        if not isinstance(ckpt, dict) or "model" not in ckpt:
+            raise ValueError(f"{args.checkpoint}: not a checkpoint of train_lenet.py")
+        model = npnet.models.lenet5()
+        model.load_state_dict(ckpt["model"])
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     model.eval()
+    dataset = ckpt.get("args", {}).get("dataset", "mnist")
+    mean, std = npdata.NORMALIZATION.get(dataset, npdata.NORMALIZATION["mnist"])
+    if dataset == "fashion-mnist":
+        prepare, names = to_fashion_mnist, npdata.FASHION_MNIST_CLASSES
+    else:
+        prepare, names = to_mnist, [str(k) for k in range(10)]
 
     status = 0
     for path in args.images:
         try:
-            digit = to_mnist(load_image(path))
+            picture = prepare(load_image(path))
         except (ValueError, OSError) as e:
             print(f"{path}: cannot read: {e}", file=sys.stderr)
             status = 1
             continue
-        x = npdata.normalize(digit[None], mean, std)      # (1, 1, 28, 28)
+        x = npdata.normalize(picture[None], mean, std)    # (1, 1, 28, 28)
         probs = softmax(model(x).astype(np.float64))[0]
         top = int(probs.argmax())
-        ranked = "  ".join(f"{k}:{probs[k]:.3f}" for k in np.argsort(-probs)[:3])
-        print(f"{path}: {top}  (p={probs[top]:.3f}; top 3 {ranked})")
-        print("  " + " ".join(f"{k}:{probs[k]:.3f}" for k in range(10)))
+        ranked = "  ".join(f"{names[k]}:{probs[k]:.3f}" for k in np.argsort(-probs)[:3])
+        print(f"{path}: {names[top]}  (p={probs[top]:.3f}; top 3 {ranked})")
+        print("  " + " ".join(f"{names[k]}:{probs[k]:.3f}" for k in range(10)))
     return status
 
 

@@ -36,12 +36,6 @@ TRAJECTORY_KEYS = ("dataset", "epochs", "batch_size", "lr", "optimizer", "moment
                    "weight_decay", "shift", "seed", "limit")
 DEFAULTS = dict(dataset="mnist", epochs=15, batch_size=64, lr=0.05, optimizer="sgd",
                 momentum=0.9, weight_decay=5e-4, shift=None, seed=0, limit=None)
-NORMALIZATION = {"mnist": (npdata.MNIST_MEAN, npdata.MNIST_STD),
-                 "fashion-mnist": (npdata.FASHION_MNIST_MEAN, npdata.FASHION_MNIST_STD)}
-FASHION_CLASSES = ["T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
-                   "Sneaker", "Bag", "Boot"]
-
-
 def threads_summary():
     p = npnet.threads.policy()
     return f"{p['kernel_threads']} kernel threads, OpenBLAS {p['blas_threads']}"
@@ -100,8 +94,13 @@ def parse_args(argv=None):
         p.error("--epochs, --batch-size and --limit must be at least 1")
     if args.shift < 0:
         p.error(f"--shift must be 0 or more pixels, got {args.shift}")
-    if args.lr <= 0:
-        p.error(f"--lr must be positive, got {args.lr}")
+    if not (np.isfinite(args.lr) and args.lr > 0):
+        p.error(f"--lr must be a positive number, got {args.lr}")
+    if not (args.momentum >= 0 and args.weight_decay >= 0):   # also refuses nan
+        p.error(f"--momentum and --weight-decay must be >= 0, got {args.momentum} and "
+                f"{args.weight_decay}")
+    if args.stop_after is not None and args.stop_after < 1:
+        p.error(f"--stop-after must be at least 1, got {args.stop_after}")
     return args, given
 
 
@@ -116,7 +115,7 @@ def load_data(args):
     if args.limit is not None:
         x_tr, y_tr = x_tr[:args.limit], y_tr[:args.limit]
     x_te, y_te = load(root=root, split="test")
-    mean, std = NORMALIZATION[args.dataset]
+    mean, std = npdata.NORMALIZATION[args.dataset]
     prep = lambda x, y: (npdata.normalize(x, mean, std), y.astype(np.int64))  # noqa: E731
     return {"train": prep(x_tr, y_tr), "val": prep(x_val, y_val), "test": prep(x_te, y_te),
             "test_images": x_te}
@@ -198,16 +197,22 @@ def train_epoch(model, crit, opt, x, y, args, rng, epoch, progress):
             x, y, args.batch_size, shuffle=True, rng=rng), start=1):
         if args.shift:
             xb = npdata.random_shift(xb, args.shift, rng)   # a digit moved is the same digit
+        where = f"training diverged at epoch {epoch}, step {step} of {n_batches}"
         opt.zero_grad()
-        logits = model(xb)                              # (B, 10)
-        loss = crit(logits, yb)
-        model.backward(crit.backward(), need_grad_in=False)
+        try:
+            logits = model(xb)                          # (B, 10)
+            loss = crit(logits, yb)
+            model.backward(crit.backward(), need_grad_in=False)
+        except Diverged as e:                           # raised by --detect-anomaly's hooks
+            raise Diverged(f"{where}: {e}") from None
         grads_ok = all(np.isfinite(p.grad).all() for p in model.parameters())
         if not (np.isfinite(loss) and grads_ok):
-            where = first_nonfinite(model, xb, yb, crit)
-            raise Diverged(f"training diverged at epoch {epoch}, step {step} of {n_batches}: "
-                           f"loss {loss}; first non-finite value: {where}")
+            raise Diverged(f"{where}: loss {loss}; first non-finite value: "
+                           f"{first_nonfinite(model, xb, yb, crit)}")
         opt.step()
+        bad = [name for name, p in model.named_parameters() if not np.isfinite(p.data).all()]
+        if bad:                                         # finite gradients, too large a step
+            raise Diverged(f"{where}: the optimizer step made parameter {bad[0]} non-finite")
         total_loss += loss * len(xb)
         correct += int((logits.argmax(axis=1) == yb).sum())
         seen += len(xb)
@@ -237,7 +242,10 @@ def load_checkpoint(path, args, given):
     ckpt = npnet.load(path)
     if not isinstance(ckpt, dict) or ckpt.get("format") != "npnet-lenet5-train":
         raise ValueError(f"{path}: not a checkpoint written by train_lenet.py")
-    saved = ckpt["args"]
+    saved = ckpt.get("args", {})
+    missing = [k for k in TRAJECTORY_KEYS if k not in saved]
+    if missing:
+        raise ValueError(f"{path}: the checkpoint lacks the settings {missing}")
     clash = [f"--{k.replace('_', '-')} {getattr(args, k)} (checkpoint: {saved[k]})"
              for k in given if saved[k] != getattr(args, k)]
     if clash:
@@ -248,11 +256,34 @@ def load_checkpoint(path, args, given):
     return ckpt
 
 
+def carry_best_checkpoint(src_dir: Path, out: Path):
+    """A run resumed into another --out directory takes its best.npz along, so the best
+    epoch before the interruption still competes with those after it."""
+    if src_dir.resolve() == out.resolve():
+        return
+    src = src_dir / "best.npz"
+    if not src.exists():
+        raise ValueError(f"{src} is missing: a resumed run needs the best checkpoint of the "
+                         "epochs before the interruption beside last.npz")
+    data = src.read_bytes()
+    atomic_write(out / "best.npz", lambda f: f.write(data))
+
+
 def main(argv=None):
+    """Run the job; a bad checkpoint, data directory or setting ends it with a one-line
+    error (exit code 2) rather than a traceback."""
     args, given = parse_args(argv)
+    try:
+        return run(args, given)
+    except (ValueError, OSError, npdata.FetchError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def run(args, given):
+    ckpt = load_checkpoint(args.resume, args, given) if args.resume else None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    ckpt = load_checkpoint(args.resume, args, given) if args.resume else None
 
     init_rng, shuffle_rng = (np.random.default_rng(s)
                              for s in np.random.SeedSequence(args.seed).spawn(2))
@@ -268,6 +299,7 @@ def main(argv=None):
         sched.load_state_dict(ckpt["scheduler"])
         shuffle_rng.bit_generator.state = ckpt["rng"]
         start_epoch, history, best_val = ckpt["epoch"], ckpt["history"], ckpt["best_val"]
+        carry_best_checkpoint(Path(args.resume).parent, out)
         print(f"resumed from {args.resume} after epoch {start_epoch}")
     if args.detect_anomaly:
         install_anomaly_hooks(model)
@@ -282,6 +314,7 @@ def main(argv=None):
 
     progress = not args.no_progress
     last_epoch = args.epochs if args.stop_after is None else min(args.epochs, args.stop_after)
+    saved = False                                   # has this run written last.npz yet?
     try:
         for epoch in range(start_epoch + 1, last_epoch + 1):
             lr = sched.get_last_lr()[0]
@@ -297,14 +330,18 @@ def main(argv=None):
                   f"({len(x_tr) / secs:,.0f} img/s)", flush=True)
             state = checkpoint(model, opt, sched, shuffle_rng, epoch, history,
                                max(best_val, val), args)
-            if val > best_val or not (out / "best.npz").exists():
+            if val > best_val:
                 best_val = val
                 npnet.save(state, out / "best.npz")
             npnet.save(state, out / "last.npz")
+            saved = True
     except Diverged as e:
         last = out / "last.npz"
-        print(f"error: {e}. " + (f"The last good checkpoint is {last}." if last.exists()
-                                 else "No checkpoint was written."), file=sys.stderr)
+        if saved or ckpt is not None:
+            tail = f"The last good checkpoint is {last}."
+        else:
+            tail = "This run wrote no checkpoint."
+        print(f"error: {e}. {tail}", file=sys.stderr)
         return 3
     if last_epoch < args.epochs:
         print(f"stopped after epoch {last_epoch} of {args.epochs} (--stop-after); continue "
@@ -332,7 +369,8 @@ def main(argv=None):
           f"{secs:.0f}s of training, {metrics['images_per_second']:,.0f} img/s")
     if not args.no_plots:
         from npnet import plots
-        classes = FASHION_CLASSES if args.dataset == "fashion-mnist" else list(range(10))
+        classes = (npdata.FASHION_MNIST_CLASSES if args.dataset == "fashion-mnist"
+                   else list(range(10)))
         plots.learning_curves(history, out / "learning_curves.png")
         plots.confusion_matrix(y_te, pred, classes, out / "confusion_matrix.png")
         plots.misclassified(data["test_images"], y_te, pred, classes,

@@ -31,8 +31,6 @@ import npnet.hooks
 import npnet.io
 from npnet import data as npdata
 
-NORMALIZATION = {"mnist": (npdata.MNIST_MEAN, npdata.MNIST_STD),
-                 "fashion-mnist": (npdata.FASHION_MNIST_MEAN, npdata.FASHION_MNIST_STD)}
 
 
 def pyplot():
@@ -158,15 +156,18 @@ def main(argv=None) -> int:
               "--checkpoint runs/lenet5/best.npz for a trained network.")
         out = Path(args.out or "runs/untrained")
     else:
-        ckpt = npnet.load(args.checkpoint)
-        if not isinstance(ckpt, dict) or "model" not in ckpt:
-            raise SystemExit(f"{args.checkpoint}: not a checkpoint with a 'model' entry")
-        model.load_state_dict(ckpt["model"])
+        try:
+            ckpt = npnet.load(args.checkpoint)
+            if not isinstance(ckpt, dict) or "model" not in ckpt:
+                raise ValueError(f"{args.checkpoint}: not a checkpoint with a 'model' entry")
+            model.load_state_dict(ckpt["model"])
+        except (ValueError, OSError) as e:
+            raise SystemExit(f"error: {e}") from None
         dataset = (ckpt.get("args") or {}).get("dataset") or "mnist"
         origin = f"trained ({Path(args.checkpoint).name})"
         print(f"Loaded {args.checkpoint} ({dataset}).")
         out = Path(args.out) if args.out else Path(args.checkpoint).parent
-    if dataset not in NORMALIZATION:
+    if dataset not in npdata.NORMALIZATION:
         raise SystemExit(f"{args.checkpoint}: unknown dataset {dataset!r}")
     out.mkdir(parents=True, exist_ok=True)
 
@@ -175,7 +176,7 @@ def main(argv=None) -> int:
     if not 0 <= args.index < len(images):
         raise SystemExit(f"--index must be in [0, {len(images)})")
     image, label = images[args.index], int(labels[args.index])
-    x = npdata.normalize(image[None], *NORMALIZATION[dataset])          # (1, 1, 28, 28)
+    x = npdata.normalize(image[None], *npdata.NORMALIZATION[dataset])  # (1, 1, 28, 28)
 
     # Forward with a trace (for the feature maps), then backward from the true class's
     # score: grad_out is 1 on that score and 0 on the others, so what comes out of conv1 is

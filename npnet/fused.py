@@ -134,8 +134,9 @@ class ConvAsLinear:
 
     def usable(self, x) -> bool:
         conv = self.conv
-        return (isinstance(x, np.ndarray) and x.ndim == 4 and x.dtype == conv.dtype
-                and _plain(self.layers)
+        # float32 only, like the fused blocks: float64 runs the layers, the reference
+        return (isinstance(x, np.ndarray) and x.ndim == 4 and x.dtype == np.float32
+                and conv.dtype == np.float32 and _plain(self.layers)
                 and x.shape[2:] == conv.kernel_size and x.shape[1] == conv.in_channels)
 
     def forward(self, x):

@@ -95,8 +95,36 @@ def gradcheck(layer: Layer, x: np.ndarray, *, eps=1e-6, atol=1e-5, rtol=1e-3,
     if mode not in ("full", "random"):
         raise ValueError(f"gradcheck: mode must be 'full' or 'random', got {mode!r}")
     rng = np.random.default_rng(0) if rng is None else rng
+    # the check needs training mode and zeroed gradients: put both back afterwards
+    modes = _modes(layer)
+    saved_grads = [p.grad.copy() for _, p in named]
     layer.train()
-    x = x.copy()
+    try:
+        return _check(layer, x.copy(), named, eps, atol, rtol, mode, n_directions, rng,
+                      raise_on_fail, grad_out)
+    finally:
+        _restore_modes(modes)
+        for (_, p), g in zip(named, saved_grads):
+            p.grad[...] = g
+
+
+def _modes(layer):
+    """(layer, training) for the layer and everything inside it."""
+    out = [(layer, layer.training)]
+    children = getattr(layer, "layers", None)         # a Sequential's named layers
+    if isinstance(children, dict):
+        for child in children.values():
+            out += _modes(child)
+    return out
+
+
+def _restore_modes(modes):
+    for layer, training in modes:
+        layer.training = training
+
+
+def _check(layer, x, named, eps, atol, rtol, mode, n_directions, rng, raise_on_fail,
+           grad_out):
 
     def loss():
         return float(np.sum(layer.forward(x) * G))
@@ -112,6 +140,10 @@ def gradcheck(layer: Layer, x: np.ndarray, *, eps=1e-6, atol=1e-5, rtol=1e-3,
                              f"has shape {np.shape(y)}")
     layer.zero_grad()
     grad_x = layer.backward(G)
+    if not isinstance(grad_x, np.ndarray) or grad_x.shape != x.shape:
+        got = grad_x.shape if isinstance(grad_x, np.ndarray) else type(grad_x).__name__
+        raise GradcheckError(f"gradcheck: {layer!r}.backward returned {got} for an input "
+                             f"of shape {x.shape}: dL/dx must have the input's shape")
     tensors = [("input", x, np.array(grad_x, dtype=np.float64))]
     tensors += [(name, p.data, p.grad.copy()) for name, p in named]
     layer.zero_grad()

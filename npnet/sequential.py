@@ -66,6 +66,8 @@ class Sequential(Layer):
                 if self._plan is None or self._plan.key != tuple(map(id, layers)):
                     self._plan = _fused.Plan(layers)
                 if self._plan.steps is not None:
+                    for layer in layers:          # an older unfused forward's caches must
+                        layer._cache = None       # not serve this pass's backward
                     y = self._plan.forward(x)
                     self._fused_pass = True
                     return y
@@ -83,6 +85,11 @@ class Sequential(Layer):
         input (returns None): training never uses the gradient of the images.
         """
         if self._fused_pass:                             # forward ran the fast path
+            if _fused.has_hooks(list(self.layers.values())):
+                raise RuntimeError(
+                    "Sequential.backward: a hook was registered after the forward pass, "
+                    "which ran on the fused path without hooks; run forward again so the "
+                    "hooks see every layer")
             self._fused_pass = False
             return self._plan.backward(grad_out, need_grad_in)
         layers = list(self.layers.values())
@@ -154,6 +161,9 @@ class Sequential(Layer):
                                     f"{own[k].data.shape}")
                 elif not np.issubdtype(np.asarray(v).dtype, np.number):
                     problems.append(f"'{k}' is not numeric ({np.asarray(v).dtype})")
+                elif np.iscomplexobj(v):
+                    problems.append(f"'{k}' is complex ({np.asarray(v).dtype}); parameters "
+                                    "are real")
         if problems:
             raise ValueError("load_state_dict refused, the model is unchanged: "
                              + "; ".join(problems))

@@ -26,12 +26,12 @@ def summary(model, input_size=(1, 28, 28), print_fn=print, batch_size=-1):
         and the memory estimates in MB ('input_mb', 'forward_backward_mb', 'params_mb',
         'total_mb') for a batch of one, float32.
     """
-    if isinstance(input_size, int) or any(not isinstance(d, (int, np.integer)) or d < 1
-                                          for d in input_size):
+    if not isinstance(input_size, (tuple, list)) or any(
+            not isinstance(d, (int, np.integer)) or d < 1 for d in input_size):
         raise ValueError(f"summary: input_size must be a tuple of positive ints such as "
                          f"(1, 28, 28), got {input_size!r}")
     leaves = list(_leaves(model))
-    was_training = model.training
+    modes = [(layer, layer.training) for layer in (model, *(lay for _, lay in leaves))]
     model.eval()
     rows, shapes = [], {}
     try:
@@ -43,7 +43,8 @@ def summary(model, input_size=(1, 28, 28), print_fn=print, batch_size=-1):
             n = sum(p.size for p in layer.params.values())
             rows.append((f"{name} ({type(layer).__name__})", [batch_size, *x.shape[1:]], n))
     finally:
-        model.train(was_training)
+        for layer, training in modes:            # each layer's own mode, as it was
+            layer.training = training
 
     total = sum(r[2] for r in rows)
     width = 64

@@ -15,6 +15,11 @@ slower (docs/performance.md).  npnet therefore picks one pool for parallelism:
   imported).  It only serves the small dense layers (Linear, and convolutions the fused
   path does not cover), called between the parallel kernels.
 
+Numba keeps the count per Python thread: ``set_num_threads`` and ``NPNET_NUM_THREADS``
+apply to the thread that imported npnet or made the call; a worker thread of your own
+that runs npnet starts with Numba's default (every core) until it calls
+``set_num_threads`` itself.
+
 The number of threads is, in order: ``set_num_threads(n)``, else the environment variable
 ``NPNET_NUM_THREADS``, else every core Numba sees (``NUMBA_NUM_THREADS``, by default the
 CPU count).  Importing npnet changes OpenBLAS's thread count for the whole process; call
@@ -35,6 +40,8 @@ _blas_threads = None        # the OpenBLAS thread count npnet set (None: untouch
 
 
 def _parse(value, source: str) -> int:
+    if isinstance(value, float) or isinstance(value, bool):
+        raise ValueError(f"{source} must be a positive int, got {value!r}")
     try:
         n = int(value)
     except (TypeError, ValueError):

@@ -116,3 +116,26 @@ def test_the_docstring_example_runs(capsys):
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 1 and out[0].startswith("ok") and "input" in out[0]
     assert "(3, 4)" in out[0]
+
+
+def test_an_input_gradient_of_the_wrong_shape_fails():
+    """A broadcastable but wrong-shaped dL/dx must not slip through the comparison."""
+    class RowSum(npnet.Layer):
+        def forward(self, x):
+            return x.sum(axis=1, keepdims=True)
+
+        def backward(self, grad_out):
+            return grad_out                      # (N, 1), should be (N, D)
+    with pytest.raises(GradcheckError, match=r"returned \(3, 1\) for an input of shape "
+                                             r"\(3, 4\)"):
+        npnet.gradcheck(RowSum(), np.random.default_rng(0).standard_normal((3, 4)))
+
+
+def test_gradcheck_leaves_mode_and_accumulated_gradients_as_they_were():
+    rng = np.random.default_rng(1)
+    model = npnet.Sequential(Linear(3, 2, dtype=np.float64, rng=rng), npnet.Tanh())
+    model.eval()
+    model[0].grads["weight"][...] = 7.0          # gradients the caller accumulated
+    npnet.gradcheck(model, rng.standard_normal((2, 3)))
+    assert not model.training and not model[0].training and not model[1].training
+    assert np.all(model[0].grads["weight"] == 7.0)

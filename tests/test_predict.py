@@ -88,3 +88,60 @@ def test_unreadable_and_blank_images_are_reported(predict, checkpoint, tmp_path,
     err = capsys.readouterr().err
     assert "blank.npy: cannot read: the image is blank" in err
     assert "junk.png: cannot read" in err
+
+
+@pytest.mark.parametrize("form", ["png_16bit", "png_rgba_transparent", "npy_hw1",
+                                  "npy_chw"])
+def test_reads_16bit_transparent_and_channel_arrays(predict, form, tmp_path):
+    """Every form holds the same dark-on-light or light-on-dark digit and must come out as
+    the same MNIST-form picture as its plain 8-bit version."""
+    images, _ = npnet.data.load_mnist(split="test")
+    digit = images[0]
+    expected = predict.to_mnist(digit / 255.0)
+    if form == "png_16bit":
+        path = tmp_path / "d.png"
+        Image.fromarray((255 - digit).astype(np.uint16) * 257).save(path)   # I;16
+    elif form == "png_rgba_transparent":
+        path = tmp_path / "d.png"
+        rgba = np.zeros((28, 28, 4), np.uint8)      # black ink, transparent paper
+        rgba[..., 3] = digit
+        Image.fromarray(rgba, "RGBA").save(path)
+    elif form == "npy_hw1":
+        path = tmp_path / "d.npy"
+        np.save(path, digit[:, :, None])
+    else:
+        path = tmp_path / "d.npy"
+        np.save(path, np.repeat(digit[None], 3, axis=0))
+    got = predict.to_mnist(predict.load_image(path))
+    assert np.abs(got.astype(int) - expected.astype(int)).max() <= 2
+
+
+def test_fashion_checkpoints_get_fashion_form_and_class_names(predict, tmp_path, capsys):
+    ckpt = tmp_path / "fashion.npz"
+    npnet.save({"model": npnet.lenet5(rng=np.random.default_rng(0)).state_dict(),
+                "args": {"dataset": "fashion-mnist"}}, ckpt)
+    img = tmp_path / "shirt.npy"
+    np.save(img, np.full((40, 30), 200, np.uint8))
+    assert predict.main(["--checkpoint", str(ckpt), str(img)]) == 0
+    out = capsys.readouterr().out
+    assert any(name in out.splitlines()[0] for name in npnet.data.FASHION_MNIST_CLASSES)
+
+
+def test_a_bad_checkpoint_is_a_one_line_error(predict, tmp_path, capsys):
+    bad = tmp_path / "bad.npz"
+    bad.write_text("nope")
+    img = tmp_path / "d.npy"
+    np.save(img, np.eye(10))
+    assert predict.main(["--checkpoint", str(bad), str(img)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "bad.npz" in err and "Traceback" not in err
+
+
+def test_a_shifted_digit_does_not_wrap_around(predict):
+    """Centring moves ink with zero fill: ink at the top never reappears at the bottom."""
+    img = np.zeros((40, 40))
+    img[0:4, 0:40] = 1.0                  # a heavy bar at the top...
+    img[4:40, 19:21] = 1.0                # ...on a thin stem: the mass sits high
+    out = predict.to_mnist(img)
+    rows = np.flatnonzero(out.max(axis=1) > 0)
+    assert np.all(np.diff(rows) == 1)     # one contiguous band of rows: nothing wrapped

@@ -299,3 +299,20 @@ def test_load_state_dict_keeps_the_model_dtype(rng):
     model = small_net(rng)
     model.load_state_dict({k: v.astype(np.float64) for k, v in model.state_dict().items()})
     assert all(p.data.dtype == np.float32 for p in model.parameters())
+
+
+def test_parameter_data_refuses_a_value_of_another_shape():
+    layer = Linear(3, 2, rng=np.random.default_rng(0))
+    (w, _), _ = layer.parameters()
+    before = w.copy()
+    with pytest.raises(ValueError, match=r"shape \(2, 3\), got a value of shape \(3,\)"):
+        layer.parameters()[0].data = np.arange(3.0)
+    assert np.array_equal(layer.params["weight"], before)
+
+
+def test_load_state_dict_refuses_complex_arrays():
+    model = Sequential(Linear(2, 2, rng=np.random.default_rng(0)))
+    state = model.state_dict()
+    state["0.weight"] = state["0.weight"] + 1j
+    with pytest.raises(ValueError, match="'0.weight' is complex"):
+        model.load_state_dict(state)

@@ -83,3 +83,15 @@ def test_bad_input_size(bad, rng):
     with pytest.raises(ValueError, match=r"summary: input_size must be a tuple of positive "
                                          r"ints"):
         run_summary(npnet.lenet5(rng), input_size=bad)
+
+
+def test_each_layer_gets_its_own_mode_back():
+    model = Sequential(Linear(3, 4, rng=np.random.default_rng(0)), ReLU())
+    model[0].eval()                                    # a frozen layer in a training model
+    npnet.summary(model, input_size=(3,), print_fn=lambda *_: None)
+    assert model.training and model[1].training and not model[0].training
+
+
+def test_a_float_input_size_is_a_value_error():
+    with pytest.raises(ValueError, match="input_size must be a tuple"):
+        npnet.summary(Sequential(ReLU()), input_size=3.5, print_fn=lambda *_: None)

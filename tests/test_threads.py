@@ -72,3 +72,9 @@ def test_bad_environment_variable_is_a_value_error():
 
 def test_imported_first_by_npnet():
     assert npnet.threads is threads
+
+
+@pytest.mark.parametrize("bad", [2.7, 0, True, "two"], ids=["float", "zero", "bool", "str"])
+def test_set_num_threads_refuses_what_is_not_a_positive_int(bad):
+    with pytest.raises(ValueError, match="must be a positive int"):
+        npnet.threads.set_num_threads(bad)

@@ -105,12 +105,12 @@ def test_resume_is_bit_identical_to_a_straight_run(train, tmp_path):
         assert repr(sa[key]) == repr(sb[key]), key
 
 
-def test_resume_refuses_changed_settings(train, tmp_path):
+def test_resume_refuses_changed_settings(train, tmp_path, capsys):
     out = tmp_path / "run"
     train.main(["--limit", "300", "--epochs", "2", "--stop-after", "1", "--out", str(out),
                 *SMOKE])
-    with pytest.raises(ValueError, match=r"--lr 0.1 \(checkpoint: 0.05\)"):
-        train.main(["--resume", str(out / "last.npz"), "--lr", "0.1", *SMOKE])
+    assert train.main(["--resume", str(out / "last.npz"), "--lr", "0.1", *SMOKE]) == 2
+    assert "--lr 0.1 (checkpoint: 0.05)" in capsys.readouterr().err
 
 
 def test_same_seed_gives_bit_identical_weights(train, tmp_path):
@@ -166,7 +166,8 @@ def test_detect_anomaly_names_the_layer(train, tmp_path, monkeypatch, capsys):
     poison_conv2(monkeypatch, train, at_call=2)
     assert train.main(["--limit", "256", "--epochs", "1", "--out", str(tmp_path),
                        "--detect-anomaly", *SMOKE]) == 3
-    assert "non-finite output of conv2 (Conv2d)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "diverged at epoch 1, step 2 of 4: non-finite output of conv2 (Conv2d)" in err
 
 
 def test_a_huge_learning_rate_diverges_cleanly(train, tmp_path, capsys):
@@ -228,20 +229,57 @@ def test_killed_mid_save_leaves_the_last_checkpoint_loadable(tmp_path):
 
 
 # -- issue 6: wrong inputs and foreign checkpoints -----------------------------------------
-def test_resume_from_another_architecture_is_refused(train, tmp_path):
+def test_resume_from_another_architecture_is_refused(train, tmp_path, capsys):
     other = npnet.Sequential(npnet.Linear(4, 2))
     path = tmp_path / "other.npz"
     npnet.save({"format": "npnet-lenet5-train", "model": other.state_dict(),
                 "args": {k: v for k, v in train.DEFAULTS.items()}}, path)
-    with pytest.raises(ValueError, match="missing keys"):
-        train.main(["--resume", str(path), "--out", str(tmp_path / "o"), *SMOKE])
+    assert train.main(["--resume", str(path), "--out", str(tmp_path / "o"), *SMOKE]) == 2
+    assert "missing keys" in capsys.readouterr().err
 
 
-def test_resume_from_a_foreign_file_is_refused(train, tmp_path):
+@pytest.mark.parametrize("content, match", [
+    ("lenet5_only", "not a checkpoint written by train_lenet.py"),
+    ("text", "ckpt.npz"),
+    ("absent", "ckpt.npz"),
+], ids=["foreign_npz", "text_file", "missing"])
+def test_resume_from_a_foreign_or_missing_file_is_a_clear_error(train, tmp_path, capsys,
+                                                                  content, match):
     path = tmp_path / "ckpt.npz"
-    npnet.save({"model": npnet.lenet5().state_dict()}, path)
-    with pytest.raises(ValueError, match="not a checkpoint written by train_lenet.py"):
-        train.main(["--resume", str(path), "--out", str(tmp_path / "o"), *SMOKE])
+    if content == "lenet5_only":
+        npnet.save({"model": npnet.lenet5().state_dict()}, path)
+    elif content == "text":
+        path.write_text("not a checkpoint")
+    assert train.main(["--resume", str(path), "--out", str(tmp_path / "o"), *SMOKE]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and match in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()           # nothing created for a refused resume
+
+
+def test_resume_into_another_directory_keeps_the_best_epoch(train, tmp_path):
+    """The best epoch before the interruption still counts after a resume elsewhere."""
+    # settings whose validation accuracy peaks before the interruption (epoch 2 of 4)
+    common = ["--limit", "300", "--epochs", "4", "--seed", "1", "--lr", "0.15", *SMOKE]
+    straight, first, second = tmp_path / "s", tmp_path / "a", tmp_path / "b"
+    assert train.main([*common, "--out", str(straight)]) == 0
+    assert train.main([*common, "--out", str(first), "--stop-after", "2"]) == 0
+    assert train.main(["--resume", str(first / "last.npz"), "--out", str(second),
+                       *SMOKE]) == 0
+    a = json.loads((straight / "metrics.json").read_text())
+    b = json.loads((second / "metrics.json").read_text())
+    assert a["best_epoch"] <= 2               # else this test would prove nothing
+    for key in ("best_epoch", "best_val_accuracy", "test_accuracy", "val_accuracy"):
+        assert a[key] == b[key], key
+
+
+def test_a_step_that_overflows_the_weights_is_caught(train, tmp_path, capsys):
+    """Finite gradients times a huge learning rate: the parameters, not the gradients,
+    become non-finite; no such state may be saved as a good checkpoint."""
+    assert train.main(["--limit", "64", "--epochs", "2", "--lr", "1e300",
+                       "--out", str(tmp_path), *SMOKE]) == 3
+    err = capsys.readouterr().err
+    assert "the optimizer step made parameter" in err and "non-finite" in err
+    assert not (tmp_path / "last.npz").exists()
 
 
 @pytest.mark.parametrize("shape, match", [

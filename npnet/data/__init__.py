@@ -13,12 +13,14 @@ from .loader import (
     FASHION_MNIST_STD,
     MNIST_MEAN,
     MNIST_STD,
+    NORMALIZATION,
     DataLoader,
     iterate_batches,
     normalize,
     random_shift,
 )
 from .mnist import (
+    FASHION_MNIST_CLASSES,
     FetchError,
     default_root,
     fetch,
@@ -33,4 +35,5 @@ __all__ = [
     "train_val_split",
     "iterate_batches", "DataLoader", "normalize", "random_shift",
     "MNIST_MEAN", "MNIST_STD", "FASHION_MNIST_MEAN", "FASHION_MNIST_STD",
+    "FASHION_MNIST_CLASSES", "NORMALIZATION",
 ]

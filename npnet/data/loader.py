@@ -17,6 +17,9 @@ import numpy as np
 # Mean and standard deviation of the training pixels, scaled to [0, 1].
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 FASHION_MNIST_MEAN, FASHION_MNIST_STD = 0.2860, 0.3530
+#: (mean, std) by dataset name, as the examples' --dataset flags spell it.
+NORMALIZATION = {"mnist": (MNIST_MEAN, MNIST_STD),
+                 "fashion-mnist": (FASHION_MNIST_MEAN, FASHION_MNIST_STD)}
 
 
 def normalize(images: np.ndarray, mean: float, std: float, pad_to: int | None = None,

@@ -94,6 +94,11 @@ class SourceUnavailable(Exception):
     :func:`fetch` skips it for the remaining files instead of waiting on it again."""
 
 
+#: Fashion-MNIST's ten classes, in label order.
+FASHION_MNIST_CLASSES = ("T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
+                         "Shirt", "Sneaker", "Bag", "Boot")
+
+
 def default_root(dataset: str) -> Path:
     """``$NPNET_DATA/<dataset>`` if ``NPNET_DATA`` is set and non-empty, else
     ``~/.cache/npnet/<dataset>``."""
@@ -333,7 +338,9 @@ def fetch(dataset: str, root: str | os.PathLike | None = None) -> Path:
             continue
         fault = _fault(path, size, sha256)
         if fault is not None:
-            aside = path.with_name(name + ".bad-sha256")
+            aside, k = path.with_name(name + ".bad-sha256"), 1
+            while aside.exists():                  # never overwrite an earlier one
+                aside, k = path.with_name(f"{name}.bad-sha256.{k}"), k + 1
             os.replace(path, aside)
             warnings.warn(f"{path}: {fault}; moved it to {aside.name} and fetching it again",
                           UserWarning, stacklevel=2)

@@ -31,10 +31,11 @@ class ReLU(Layer):
         return y
 
     def backward(self, grad_out):
-        y, self._cache = self._cache, None
+        y = self._cache
         if y is None:
             raise no_cache_error(self)
         check_grad(self, grad_out, y.shape, y.dtype)
+        self._cache = None                 # each forward serves one backward
         return grad_out * (y > 0)          # y > 0 exactly where x > 0
 
 
@@ -48,10 +49,11 @@ class Tanh(Layer):
         return y
 
     def backward(self, grad_out):
-        y, self._cache = self._cache, None
+        y = self._cache
         if y is None:
             raise no_cache_error(self)
         check_grad(self, grad_out, y.shape, y.dtype)
+        self._cache = None                 # each forward serves one backward
         return grad_out * (1 - y * y)
 
 
@@ -66,8 +68,9 @@ class Sigmoid(Layer):
         return y
 
     def backward(self, grad_out):
-        y, self._cache = self._cache, None
+        y = self._cache
         if y is None:
             raise no_cache_error(self)
         check_grad(self, grad_out, y.shape, y.dtype)
+        self._cache = None                 # each forward serves one backward
         return grad_out * y * (1 - y)

@@ -35,8 +35,12 @@ class Parameter:
 
     @data.setter
     def data(self, value) -> None:
-        if value is not self._data:
-            np.copyto(self._data, value)
+        if value is self._data:        # `p.data -= x` already updated the array in place
+            return
+        if np.shape(value) != self._data.shape:
+            raise ValueError(f"Parameter.data: the parameter has shape {self._data.shape}, "
+                             f"got a value of shape {np.shape(value)}")
+        np.copyto(self._data, value)
 
     def __iter__(self):
         return iter((self._data, self.grad))
@@ -171,5 +175,8 @@ def no_cache_error(layer: Layer) -> RuntimeError:
 
 def uniform_init(rng, shape, fan_in: int, dtype) -> np.ndarray:
     """torch's default for conv and linear layers: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    if not isinstance(rng, np.random.Generator):
+        raise ValueError(f"rng must be a np.random.Generator (np.random.default_rng(seed)), "
+                         f"got {type(rng).__name__}")
     bound = 1.0 / np.sqrt(fan_in)
     return rng.uniform(-bound, bound, size=shape).astype(dtype)

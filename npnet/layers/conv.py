@@ -116,9 +116,9 @@ class Conv2d(Layer):
         if self._cache is None:
             raise no_cache_error(self)
         x_shape, cols = self._cache
-        self._cache = None
         N, F, OH, OW = self.output_shape(x_shape)
         check_grad(self, grad_out, (N, F, OH, OW), self.dtype)
+        self._cache = None                 # each forward serves one backward
         K = cols.shape[1]
         g = np.ascontiguousarray(grad_out).reshape(N, F, OH * OW)        # (N, F, P)
         # dL/dW2 = sum_n g[n] @ cols[n].T: one matmul over the (n, p) pairs

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Layer, check_grad, no_cache_error
+from .base import Layer, check_array, check_grad, no_cache_error
 
 
 class Flatten(Layer):
@@ -17,13 +17,14 @@ class Flatten(Layer):
             got = x.shape if isinstance(x, np.ndarray) else type(x).__name__
             raise ValueError(f"{self!r}: expected an input of at least 2 dimensions "
                              f"(N, ...), got {got}")
+        check_array(self, x, x.ndim)       # float32 or float64, like every layer
         self._cache = (x.shape, x.dtype) if self.training else None
         return x.reshape(x.shape[0], -1)
 
     def backward(self, grad_out):
-        cache, self._cache = self._cache, None
-        if cache is None:
+        if self._cache is None:
             raise no_cache_error(self)
-        x_shape, dtype = cache
+        x_shape, dtype = self._cache
         check_grad(self, grad_out, (x_shape[0], int(np.prod(x_shape[1:]))), dtype)
+        self._cache = None                 # each forward serves one backward
         return grad_out.reshape(x_shape)

@@ -65,10 +65,11 @@ class Linear(Layer):
         return y
 
     def backward(self, grad_out, need_grad_in=True):
-        x, self._cache = self._cache, None
+        x = self._cache
         if x is None:
             raise no_cache_error(self)
         check_grad(self, grad_out, (x.shape[0], self.out_features), self.dtype)
+        self._cache = None                 # each forward serves one backward
         self.grads["weight"] += grad_out.T @ x                 # (out, N) @ (N, in)
         if "bias" in self.params:
             self.grads["bias"] += grad_out.sum(axis=0)

@@ -74,8 +74,8 @@ class MaxPool2d(_Pool2d):
         if self._cache is None:
             raise no_cache_error(self)
         x_shape, dtype, argmax = self._cache
-        self._cache = None
         check_grad(self, grad_out, argmax.shape, dtype)
+        self._cache = None                 # each forward serves one backward
         grad_in = np.empty(x_shape, dtype=grad_out.dtype)
         if self._geometry() == (2, 2, 2, 2, 0, 0):
             return maxpool2x2_backward(np.ascontiguousarray(grad_out), argmax, grad_in)
@@ -105,7 +105,7 @@ class AvgPool2d(_Pool2d):
         if self._cache is None:
             raise no_cache_error(self)
         x_shape, dtype = self._cache
-        self._cache = None
         check_grad(self, grad_out, self.output_shape(x_shape), dtype)
+        self._cache = None                 # each forward serves one backward
         grad_in = np.empty(x_shape, dtype=grad_out.dtype)
         return avgpool_backward(np.ascontiguousarray(grad_out), *self._geometry(), grad_in)

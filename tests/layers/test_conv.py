@@ -336,3 +336,16 @@ def test_repr_names_the_geometry(rng):
     r = repr(Conv2d(3, 4, 5, stride=2, padding=1, bias=False, rng=rng))
     assert r.startswith("Conv2d(3, 4, kernel_size=(5, 5), stride=(2, 2)")
     assert "padding=(1, 1)" in r and "bias=False" in r
+
+
+def test_rng_must_be_a_generator():
+    with pytest.raises(ValueError, match="rng must be a np.random.Generator"):
+        Conv2d(1, 2, 3, rng=0)
+
+
+def test_a_refused_grad_out_keeps_the_cache_for_a_corrected_retry():
+    conv = Conv2d(1, 2, 3, rng=np.random.default_rng(0))
+    y = conv(np.random.default_rng(1).standard_normal((2, 1, 5, 5)).astype(np.float32))
+    with pytest.raises(ValueError, match="grad_out has shape"):
+        conv.backward(np.ones((2, 2, 4, 4), np.float32))
+    assert conv.backward(np.ones_like(y)).shape == (2, 1, 5, 5)

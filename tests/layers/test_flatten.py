@@ -83,3 +83,8 @@ def test_grad_out_dtype_must_match_the_input(grad_dtype):
     y = layer(np.ones((2, 3, 4), np.float32))
     with pytest.raises(ValueError, match=r"Flatten.*grad_out is"):
         layer.backward(np.ones(y.shape, grad_dtype))
+
+
+def test_integer_input_is_refused():
+    with pytest.raises(ValueError, match="Flatten.*float32 or float64, got int64"):
+        Flatten()(np.zeros((2, 3, 4), dtype=np.int64))
