@@ -130,3 +130,22 @@ def load_example():
         spec.loader.exec_module(module)
         return module
     return load
+
+
+@pytest.fixture
+def vs_torch(to_torch):
+    """``ours, theirs = vs_torch(layer, x, g)``: forward x and backward g through the npnet
+    layer and through the torch module with the same weights.  Each side is a dict:
+    'y', 'grad_in', and one entry per parameter gradient ('weight', 'bias')."""
+    def run(layer, x, g):
+        y = layer(x)
+        grad_in = layer.backward(g)
+        module = to_torch(layer)
+        xt = torch.tensor(x, requires_grad=True)
+        yt = module(xt)
+        yt.backward(torch.from_numpy(g))
+        ours = {"y": y, "grad_in": grad_in, **layer.grads}
+        theirs = {"y": yt.detach().numpy(), "grad_in": xt.grad.numpy(),
+                  **{k: p.grad.numpy() for k, p in module.named_parameters()}}
+        return ours, theirs
+    return run

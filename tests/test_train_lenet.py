@@ -7,7 +7,6 @@ be had, they fail: they are never skipped.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -10,7 +10,6 @@ sum each element receives is added in the same order whatever the thread count.
 """
 from __future__ import annotations
 
-import numpy as np
 from numba import njit, prange
 
 

@@ -32,7 +32,7 @@ CHUNKS = [1, 2, 3]     # samples per task (the last chunk may be shorter)
 
 
 def _forward(x, weight, bias, ph, pw, S=1):
-    N, (F, C, kh, kw) = x.shape[0], weight.shape
+    N, (F, _, kh, kw) = x.shape[0], weight.shape
     OH, OW = x.shape[2] + 2 * ph - kh + 1, x.shape[3] + 2 * pw - kw + 1
     y = np.full((N, F, OH // 2, OW // 2), np.nan, dtype=np.float32)
     arg = np.full(y.shape, -1, dtype=np.int8)

@@ -3,7 +3,6 @@ import itertools
 
 import numpy as np
 import pytest
-import torch
 
 import npnet
 from npnet import Conv2d
@@ -20,22 +19,9 @@ PAIRS = [((3, 5), (1, 2), (2, 0)), ((1, 3), (2, 1), (0, 1)), ((5, 2), (2, 3), (1
 PAIR_IDS = ["k3x5_s1x2_p2x0", "k1x3_s2x1_p0x1", "k5x2_s2x3_p1x2"]
 
 
-def _grads_vs_torch(layer, x, g, to_torch):
-    """Run npnet and torch (same weights) forward + backward; return both sides."""
-    y = layer(x)
-    grad_in = layer.backward(g)
-    tm = to_torch(layer)
-    xt = torch.tensor(x, requires_grad=True)
-    yt = tm(xt)
-    yt.backward(torch.from_numpy(g))
-    ours = {"y": y, "grad_in": grad_in, **{k: v for k, v in layer.grads.items()}}
-    theirs = {"y": yt.detach().numpy(), "grad_in": xt.grad.numpy(),
-              **{k: p.grad.numpy() for k, p in tm.named_parameters()}}
-    return ours, theirs
 
-
-def _assert_conv_matches_torch(layer, x, g, to_torch, tol32):
-    ours, theirs = _grads_vs_torch(layer, x, g, to_torch)
+def _assert_conv_matches_torch(layer, x, g, vs_torch, tol32):
+    ours, theirs = vs_torch(layer, x, g)
     assert ours.keys() == theirs.keys()
     N, C, H, W = x.shape
     F, _, kh, kw = layer.params["weight"].shape
@@ -79,27 +65,27 @@ def test_gradcheck_without_bias(rng, draw):
 # -- torch parity (float32) ------------------------------------------------------------------
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
 @pytest.mark.parametrize("k,s,p,n,h,w", GEOMS, ids=GEOM_IDS)
-def test_matches_torch(k, s, p, n, h, w, bias, rng, draw, to_torch, tol32):
+def test_matches_torch(k, s, p, n, h, w, bias, rng, draw, vs_torch, tol32):
     layer = Conv2d(3, 4, k, stride=s, padding=p, bias=bias, rng=rng)
     x = draw((n, 3, h, w), np.float32)
     g = draw(layer.output_shape(x.shape), np.float32)
-    _assert_conv_matches_torch(layer, x, g, to_torch, tol32)
+    _assert_conv_matches_torch(layer, x, g, vs_torch, tol32)
 
 
 @pytest.mark.parametrize("k,s,p", PAIRS, ids=PAIR_IDS)
-def test_matches_torch_pairs(k, s, p, rng, draw, to_torch, tol32):
+def test_matches_torch_pairs(k, s, p, rng, draw, vs_torch, tol32):
     layer = Conv2d(3, 4, k, stride=s, padding=p, rng=rng)
     x = draw((2, 3, 9, 8), np.float32)
     g = draw(layer.output_shape(x.shape), np.float32)
-    _assert_conv_matches_torch(layer, x, g, to_torch, tol32)
+    _assert_conv_matches_torch(layer, x, g, vs_torch, tol32)
 
 
-def test_matches_torch_wide(rng, draw, to_torch, tol32):
+def test_matches_torch_wide(rng, draw, vs_torch, tol32):
     """LeNet's conv3 shape: a long reduction (K = 400) and many filters."""
     layer = Conv2d(16, 120, 5, rng=rng)
     x = draw((4, 16, 5, 5), np.float32)
     g = draw((4, 120, 1, 1), np.float32)
-    _assert_conv_matches_torch(layer, x, g, to_torch, tol32)
+    _assert_conv_matches_torch(layer, x, g, vs_torch, tol32)
 
 
 def test_init_matches_torch_distribution(rng):
