@@ -11,7 +11,8 @@ matrix is built at all.  A Conv2d whose kernel covers its whole input (LeNet-5's
 runs as one matmul (:class:`ConvAsLinear`).  The maths is the layers' own;
 tests/test_fused.py checks outputs and every gradient against the unfused layers.
 
-It applies only when it computes exactly what the layers would:
+It applies only where it computes what the layers would, up to float32 rounding (the same
+sums in another order):
 
 * float32 input and layers (float64 runs the layers: they are the reference);
 * no hook on any layer of the Sequential (hooks must see each layer's input and output);
@@ -21,8 +22,9 @@ It applies only when it computes exactly what the layers would:
 Anything else runs the layers one by one.  Switch it off globally with
 ``npnet.fused.enabled = False``, or per model with ``Sequential(..., fuse=False)``.
 
-While a fused block runs, its layers' own caches stay empty: call backward through the
-Sequential (as training does), not on one of its layers.
+While a fused block runs, its layers' own caches are emptied (an older unfused forward's
+must not serve this pass): call backward through the Sequential, as training does, not on
+one of its layers.
 """
 from __future__ import annotations
 
@@ -36,6 +38,13 @@ from .layers.pool import MaxPool2d
 
 #: Global switch: False makes every Sequential run its layers one by one.
 enabled = True
+
+
+def _clear_caches(layers) -> None:
+    """The fused step runs instead of these layers' forwards: drop what older forwards
+    left, so that a backward called on the layers themselves fails instead of reusing it."""
+    for layer in layers:
+        layer._cache = None
 
 
 def _plain(layers) -> bool:
@@ -84,6 +93,7 @@ class ConvReLUPool:
         arg = np.empty((N, F, PH, PW), dtype=np.int8)   # winner 2*i + j of each window
         S = chunk_size(x.shape[2], x.shape[3], kh, kw, ph, pw)   # samples per task
         conv_relu_pool_forward(x, w2, b, kh, kw, ph, pw, S, y, arg)
+        _clear_caches(self.layers)
         self._cache = (x, y, arg) if conv.training else None
         return y
 
@@ -91,9 +101,9 @@ class ConvReLUPool:
         if self._cache is None:
             raise no_cache_error(self.conv)
         x, y, arg = self._cache
-        self._cache = None
         conv = self.conv
         check_grad(self.pool, grad_out, y.shape, np.float32)
+        self._cache = None                 # each forward serves one backward
         N, F = y.shape[:2]
         (kh, kw), (ph, pw) = conv.kernel_size, conv.padding
         w2 = conv.params["weight"].reshape(F, -1)                      # (F, K)
@@ -146,16 +156,18 @@ class ConvAsLinear:
         y = x2 @ conv.params["weight"].reshape(F, -1).T          # (N, K) @ (K, F)
         if "bias" in conv.params:
             y += conv.params["bias"]
+        _clear_caches(self.layers)
         self._cache = x2 if conv.training else None
         return y.reshape(N, F, 1, 1)
 
     def backward(self, grad_out, need_grad_in=True):
         conv = self.conv
-        x2, self._cache = self._cache, None
+        x2 = self._cache
         if x2 is None:
             raise no_cache_error(conv)
         N, F = x2.shape[0], conv.out_channels
         check_grad(conv, grad_out, (N, F, 1, 1), conv.dtype)
+        self._cache = None                 # each forward serves one backward
         g = grad_out.reshape(N, F)
         w2 = conv.params["weight"].reshape(F, -1)
         conv.grads["weight"] += (g.T @ x2).reshape(conv.grads["weight"].shape)  # (F, K)
@@ -229,7 +241,7 @@ class Plan:
         return x
 
     def backward(self, grad_out, need_grad_in=True):
-        ran, self._ran = self._ran, None
+        ran = self._ran
         if ran is None:
             raise RuntimeError("Sequential: backward() needs a forward() in training mode "
                                "first (each forward allows one backward)")
@@ -246,4 +258,5 @@ class Plan:
                     grad_out = layer.backward(grad_out, need_grad_in=False)
                 else:
                     grad_out = layer.backward(grad_out)
+        self._ran = None          # spent only now: a refused grad_out can be retried
         return grad_out

@@ -66,8 +66,6 @@ class Sequential(Layer):
                 if self._plan is None or self._plan.key != tuple(map(id, layers)):
                     self._plan = _fused.Plan(layers)
                 if self._plan.steps is not None:
-                    for layer in layers:          # an older unfused forward's caches must
-                        layer._cache = None       # not serve this pass's backward
                     y = self._plan.forward(x)
                     self._fused_pass = True
                     return y
@@ -90,8 +88,9 @@ class Sequential(Layer):
                     "Sequential.backward: a hook was registered after the forward pass, "
                     "which ran on the fused path without hooks; run forward again so the "
                     "hooks see every layer")
+            grad_in = self._plan.backward(grad_out, need_grad_in)
             self._fused_pass = False
-            return self._plan.backward(grad_out, need_grad_in)
+            return grad_in
         layers = list(self.layers.values())
         for i in range(len(layers) - 1, -1, -1):
             layer = layers[i]

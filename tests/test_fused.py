@@ -303,3 +303,12 @@ def test_a_hook_registered_after_a_fused_forward_is_refused_not_skipped():
     with pytest.raises(RuntimeError, match="registered after the forward pass"):
         m.backward(np.ones_like(y))
     handle.remove()
+
+
+def test_a_refused_grad_out_keeps_the_fused_cache_for_a_corrected_retry():
+    m = _conv_relu_pool(np.random.default_rng(0))
+    y = m(np.random.default_rng(1).standard_normal((2, 1, 6, 6)).astype(np.float32))
+    assert m._fused_pass
+    with pytest.raises(ValueError, match="grad_out has shape"):
+        m.backward(np.ones((2, 2, 2, 2), np.float32))
+    assert m.backward(np.ones_like(y)).shape == (2, 1, 6, 6)
