@@ -5,9 +5,10 @@
 
 Each configuration runs in its own process, one timed round at a time, the
 configurations taking turns (so they share the machine's load).  ``--baseline DIR``
-adds the code before this work (a directory holding its ``npnet`` package, e.g. made
-with ``git archive <commit> npnet | tar -x -C DIR``) with both thread pools at their
-defaults and with OpenBLAS at one thread.  Figures: median images/s (min-max).
+adds older code (a directory holding its ``npnet`` package, e.g. made with
+``git archive <commit> npnet | tar -x -C DIR``; its API must run this worker's loop) with
+both thread pools at their defaults and with OpenBLAS at one thread.  Figures: median
+images/s (min-max).  The step is the README's, ``model.backward(crit.backward())``.
 """
 from __future__ import annotations
 
@@ -29,24 +30,24 @@ if cfg.get("blas1"):
     from threadpoolctl import threadpool_limits
     threadpool_limits(1, user_api="blas")
 import npnet
-from npnet.losses import CrossEntropyLoss
-from npnet.optim import SGD
-if cfg.get("no_conv_as_linear"):
-    npnet.fused.ConvAsLinear.matches = staticmethod(lambda conv: False)
 model = npnet.lenet5(rng=np.random.default_rng(0))
 if cfg.get("no_fuse"):
-    model.fuse = False
-crit, opt = CrossEntropyLoss(), SGD(model.parameters(), lr=0.01, momentum=0.9)
+    npnet.fusion.set_fusion(model, False)
+crit = npnet.CrossEntropyLoss()
+opt = npnet.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 B = cfg["batch"]
 rng = np.random.default_rng(1)
 xs = rng.standard_normal((8, B, 1, 28, 28)).astype(np.float32)
 ys = rng.integers(0, 10, (8, B))
+read_grad_in = cfg.get("read_grad_in", False)
 def run(steps):
     t0 = time.perf_counter()
     for i in range(steps):
         opt.zero_grad()
         crit(model(xs[i % 8]), ys[i % 8])
-        model.backward(crit.backward(), need_grad_in=False)
+        grad_in = model.backward(crit.backward())
+        if read_grad_in:
+            np.asarray(grad_in)
         opt.step()
     return B * steps / (time.perf_counter() - t0)
 run(3)
@@ -55,9 +56,9 @@ for line in sys.stdin:
 """
 
 CONFIGS = [
-    ("unfused layers (fuse=False)", {"no_fuse": True}),
-    ("+ fused conv/ReLU/pool kernels", {"no_conv_as_linear": True}),
-    ("+ conv3 as one matmul (all)", {}),
+    ("layers one by one (set_fusion False)", {"no_fuse": True}),
+    ("fused, dL/dx of the images read", {"read_grad_in": True}),
+    ("fused, dL/dx never read (README)", {}),
 ]
 
 

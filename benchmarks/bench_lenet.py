@@ -3,23 +3,26 @@
     .venv/bin/python benchmarks/bench_lenet.py [--rounds 5] [--steps 60] [--threads N]
                                                [--batches 64 256] [--json out.json]
 
-Two worker processes, one per framework, hold the same model (torch's weights are
-copied from npnet's initial ones: same initialisation) and the same synthetic batches
-(standard-normal images, random labels; the speed does not depend on the values).  The
-parent asks them in turn, A B, B A, A B, ... (the first alternates to cancel drift) for
-one timed round each, so both see the same machine load.  Separate processes keep each
-framework's thread pool away from the other's; torch gets torch.set_num_threads(N) with
-N = npnet's kernel threads.
+Three worker processes: PyTorch with the seed's class, npnet with ``npnet.lenet5()`` (a
+Sequential) and npnet with the seed's class on ``npnet.nn`` (``npnet.models.LeNet5``).  All
+three hold the same initial weights (npnet's, copied) and train on the same real MNIST
+batches (normalised, shuffled with one seed).  The parent asks them in turn, rotating the
+order every round, for one timed round each, so all see the same machine load; separate
+processes keep each framework's thread pool away from the other's.  torch gets
+``torch.set_num_threads(N)`` with N = npnet's kernel threads.
 
-Measured, each as images/s per round and the ratio npnet/PyTorch (median, min, max over
-rounds):
-* training: ``--steps`` steps of  zero_grad, forward, cross-entropy, backward, SGD step
-  (lr 0.01, momentum 0.9), written as a user writes them, at each ``--batches`` size;
-* inference: eval mode, batches of 1,000 (torch under ``torch.inference_mode()``);
-* latency: one image, eval mode, the median time of a forward call;
-* start-up: ``import npnet`` + building LeNet-5 + the first training step (batch 64) in a
-  NEW process, with an empty Numba cache (cold: NUMBA_CACHE_DIR points at an empty
-  temporary directory) and then with that cache filled (warm: the same command again).
+The training step is the README's, as a user writes it::
+
+    opt.zero_grad()
+    loss = crit(model(xb), yb)
+    model.backward(crit.backward())          # torch: loss.backward()
+    opt.step()
+
+Measured, each as images/s per round and the ratio npnet/PyTorch (median, min, max):
+training at each ``--batches`` size (SGD, lr 0.01, momentum 0.9); eval-mode inference at
+batch 1,000 (torch under ``torch.inference_mode()``); the median latency of one image; and
+the start-up: ``import npnet`` + building LeNet-5 + the first training step in a NEW
+process, with an empty Numba cache (cold) and then with it filled (warm).
 """
 from __future__ import annotations
 
@@ -37,44 +40,47 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 SEED = 0
 LR, MOMENTUM = 0.01, 0.9
+MODELS = ("npnet lenet5()", "npnet LeNet5 class")
 
 
 # ---------------------------------------------------------------------------------------
-# workers: one process per framework, driven by JSON lines on stdin/stdout
+# workers: one process per framework and model, driven by JSON lines on stdin/stdout
 # ---------------------------------------------------------------------------------------
-def _data(batch, n_batches=8):
-    rng = np.random.default_rng(SEED + batch)
-    x = rng.standard_normal((n_batches, batch, 1, 28, 28)).astype(np.float32)
-    y = rng.integers(0, 10, (n_batches, batch))
-    return x, y
+def _batches(data, batch, n_batches=8):
+    """The first n_batches * batch images of the shuffled training set, as (x, y)."""
+    with np.load(data) as d:
+        x, y = d["x"], d["y"]
+    n = n_batches * batch
+    reps = -(-n // len(x))
+    x, y = np.concatenate([x] * reps)[:n], np.concatenate([y] * reps)[:n]
+    return x.reshape(n_batches, batch, 1, 28, 28), y.reshape(n_batches, batch)
 
 
 class NpnetWorker:
-    def __init__(self):
+    def __init__(self, model, init, data):
         import npnet
-        from npnet.losses import CrossEntropyLoss
-        from npnet.optim import SGD
-        self.npnet = npnet
-        self.model = npnet.lenet5(rng=np.random.default_rng(SEED))
-        self.crit = CrossEntropyLoss()
-        self.opt = SGD(self.model.parameters(), lr=LR, momentum=MOMENTUM)
+        self.npnet, self.data = npnet, data
+        self.model = npnet.lenet5() if model == "lenet5" else npnet.models.LeNet5()
+        with np.load(init) as state:
+            self.model.load_state_dict(dict(state))
+        self.crit = npnet.CrossEntropyLoss()
+        self.opt = npnet.optim.SGD(self.model.parameters(), lr=LR, momentum=MOMENTUM)
 
     def train(self, batch, steps):
         model, crit, opt = self.model, self.crit, self.opt
-        xs, ys = _data(batch)
+        xs, ys = _batches(self.data, batch)
         model.train()
         t0 = time.perf_counter()
         for i in range(steps):
-            x, y = xs[i % len(xs)], ys[i % len(ys)]
+            xb, yb = xs[i % len(xs)], ys[i % len(ys)]
             opt.zero_grad()
-            logits = model(x)
-            crit(logits, y)
-            model.backward(crit.backward(), need_grad_in=False)
+            loss = crit(model(xb), yb)          # noqa: F841  (the README's step)
+            model.backward(crit.backward())
             opt.step()
         return time.perf_counter() - t0
 
     def infer(self, batch, steps):
-        xs, _ = _data(batch, 2)
+        xs, _ = _batches(self.data, batch, 2)
         self.model.eval()
         t0 = time.perf_counter()
         for i in range(steps):
@@ -84,7 +90,7 @@ class NpnetWorker:
         return dt
 
     def latency(self, calls):
-        x = _data(1, 1)[0][0]
+        x = _batches(self.data, 1, 1)[0][0]
         self.model.eval()
         times = []
         for _ in range(calls):
@@ -99,42 +105,57 @@ class NpnetWorker:
 
 
 class TorchWorker:
-    def __init__(self, threads, init):
+    def __init__(self, threads, init, data):
         import torch
+        from torch import nn
         torch.set_num_threads(threads)
-        self.torch = torch
-        nn = torch.nn
-        self.model = nn.Sequential(
-            nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(16, 120, 5), nn.ReLU(), nn.Flatten(),
-            nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, 10))
-        # the same initial weights as npnet's model (npnet's layout is torch's), written
+        self.torch, self.data = torch, data
+
+        class LeNet5(nn.Module):          # the seed's class, padding=2 on conv1 for 28x28
+            def __init__(self):
+                super().__init__()
+                self.conv1 = nn.Conv2d(in_channels=1, out_channels=6, kernel_size=5,
+                                       stride=1, padding=2)
+                self.conv2 = nn.Conv2d(in_channels=6, out_channels=16, kernel_size=5)
+                self.conv3 = nn.Conv2d(in_channels=16, out_channels=120, kernel_size=5)
+                self.fc1 = nn.Linear(in_features=120, out_features=84)
+                self.fc2 = nn.Linear(in_features=84, out_features=10)
+                self.relu = nn.ReLU()
+                self.pool = nn.MaxPool2d(kernel_size=2, stride=2)
+
+            def forward(self, x):
+                x = self.pool(self.relu(self.conv1(x)))
+                x = self.pool(self.relu(self.conv2(x)))
+                x = self.relu(self.conv3(x))
+                x = x.view(x.size(0), -1)
+                return self.fc2(self.relu(self.fc1(x)))
+
+        self.model = LeNet5()
+        # the same initial weights as npnet's (npnet's layout and keys are torch's), written
         # by the parent: this process never imports npnet (nor its threading policy)
-        with np.load(init) as state, torch.no_grad():
-            for p, key in zip(self.model.parameters(), state.files):
-                p.copy_(torch.from_numpy(state[key]))
+        with np.load(init) as state:
+            self.model.load_state_dict({k: torch.from_numpy(state[k]) for k in state.files})
         self.crit = nn.CrossEntropyLoss()
         self.opt = torch.optim.SGD(self.model.parameters(), lr=LR, momentum=MOMENTUM)
 
     def train(self, batch, steps):
         torch = self.torch
-        xs, ys = _data(batch)
+        xs, ys = _batches(self.data, batch)
         xs, ys = torch.from_numpy(xs), torch.from_numpy(ys)
         model, crit, opt = self.model, self.crit, self.opt
         model.train()
         t0 = time.perf_counter()
         for i in range(steps):
-            x, y = xs[i % len(xs)], ys[i % len(ys)]
+            xb, yb = xs[i % len(xs)], ys[i % len(ys)]
             opt.zero_grad()
-            loss = crit(model(x), y)
+            loss = crit(model(xb), yb)
             loss.backward()
             opt.step()
         return time.perf_counter() - t0
 
     def infer(self, batch, steps):
         torch = self.torch
-        xs = torch.from_numpy(_data(batch, 2)[0])
+        xs = torch.from_numpy(_batches(self.data, batch, 2)[0])
         self.model.eval()
         with torch.inference_mode():
             t0 = time.perf_counter()
@@ -146,7 +167,7 @@ class TorchWorker:
 
     def latency(self, calls):
         torch = self.torch
-        x = torch.from_numpy(_data(1, 1)[0][0])
+        x = torch.from_numpy(_batches(self.data, 1, 1)[0][0])
         self.model.eval()
         times = []
         with torch.inference_mode():
@@ -162,10 +183,10 @@ class TorchWorker:
         return {"threads": torch.get_num_threads(), "version": torch.__version__}
 
 
-def worker_main(kind, threads, init):
+def worker_main(kind, threads, init, data):
     out = sys.stdout
     sys.stdout = sys.stderr                  # keep the protocol channel clean
-    w = NpnetWorker() if kind == "npnet" else TorchWorker(threads, init)
+    w = TorchWorker(threads, init, data) if kind == "torch" else NpnetWorker(kind, init, data)
     for line in sys.stdin:
         msg = json.loads(line)
         cmd = msg.pop("cmd")
@@ -177,12 +198,12 @@ def worker_main(kind, threads, init):
 
 
 class Worker:
-    def __init__(self, kind, threads, init):
+    def __init__(self, name, kind, threads, init, data):
         env = dict(os.environ, NPNET_NUM_THREADS=str(threads))
-        self.kind = kind
+        self.name = name
         self.proc = subprocess.Popen(
             [sys.executable, os.path.abspath(__file__), "--worker", kind,
-             "--threads", str(threads), "--init", init],
+             "--threads", str(threads), "--init", init, "--data", data],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
 
     def __call__(self, cmd, **kw):
@@ -190,7 +211,7 @@ class Worker:
         self.proc.stdin.flush()
         line = self.proc.stdout.readline()
         if not line:
-            raise RuntimeError(f"the {self.kind} worker died (see its stderr above)")
+            raise RuntimeError(f"the {self.name} worker died (see its stderr above)")
         return json.loads(line)["result"]
 
     def close(self):
@@ -209,17 +230,15 @@ import time
 t0 = time.perf_counter()
 import numpy as np
 import npnet
-from npnet.losses import CrossEntropyLoss
-from npnet.optim import SGD
 t_import = time.perf_counter() - t0
 rng = np.random.default_rng(0)
 model = npnet.lenet5(rng=rng)
-crit, opt = CrossEntropyLoss(), SGD(model.parameters(), lr=0.01, momentum=0.9)
+crit, opt = npnet.CrossEntropyLoss(), npnet.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 x = rng.standard_normal((64, 1, 28, 28)).astype(np.float32)
 y = rng.integers(0, 10, 64)
 opt.zero_grad()
 crit(model(x), y)
-model.backward(crit.backward(), need_grad_in=False)
+model.backward(crit.backward())
 opt.step()
 print(t_import, time.perf_counter() - t0)
 """
@@ -244,18 +263,26 @@ def first_step_times(threads):
 # ---------------------------------------------------------------------------------------
 # the comparison
 # ---------------------------------------------------------------------------------------
-def compare(workers, rounds, label, cmd, images, **kw):
-    """Alternate the workers for ``rounds`` rounds; images/s per round for each."""
-    rates = {w.kind: [] for w in workers}
+def _rounds(workers, rounds, call):
+    """``call(worker)`` for every worker, ``rounds`` times, rotating who goes first."""
+    results = {w.name: [] for w in workers}
     for r in range(rounds):
-        order = workers if r % 2 == 0 else workers[::-1]
-        for w in order:
-            rates[w.kind].append(images / w(cmd, **kw))
-    ratios = [a / b for a, b in zip(rates["npnet"], rates["torch"])]
-    row = {"what": label, "npnet_images_per_s": rates["npnet"],
-           "torch_images_per_s": rates["torch"], "ratio": ratios}
-    print(f"{label:<24}{np.median(rates['npnet']):>12,.0f}{np.median(rates['torch']):>12,.0f}"
-          f"{np.median(ratios):>9.2f}{min(ratios):>8.2f}{max(ratios):>8.2f}", flush=True)
+        k = r % len(workers)
+        for w in workers[k:] + workers[:k]:
+            results[w.name].append(call(w))
+    return results
+
+
+def compare(workers, rounds, label, cmd, images, **kw):
+    """images/s per round for each worker, and each npnet model's ratio to torch."""
+    rates = _rounds(workers, rounds, lambda w: images / w(cmd, **kw))
+    row = {"what": label, "torch_images_per_s": rates["torch"]}
+    for name in MODELS:
+        ratios = [a / b for a, b in zip(rates[name], rates["torch"])]
+        row[name] = {"images_per_s": rates[name], "ratio": ratios}
+        print(f"{label:<24}{name:<20}{np.median(rates[name]):>12,.0f}"
+              f"{np.median(rates['torch']):>12,.0f}{np.median(ratios):>9.2f}"
+              f"{min(ratios):>8.2f}{max(ratios):>8.2f}", flush=True)
     return row
 
 
@@ -268,24 +295,34 @@ def main(argv=None):
                     help="threads for both (default: npnet's default, every core)")
     ap.add_argument("--json", metavar="FILE", help="write the figures to FILE")
     ap.add_argument("--no-startup", action="store_true", help="skip the start-up test")
-    ap.add_argument("--worker", choices=["npnet", "torch"], help=argparse.SUPPRESS)
+    ap.add_argument("--worker", choices=["lenet5", "seed", "torch"], help=argparse.SUPPRESS)
     ap.add_argument("--init", help=argparse.SUPPRESS)
+    ap.add_argument("--data", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
     if args.worker:
-        return worker_main(args.worker, args.threads, args.init)
+        return worker_main(args.worker, args.threads, args.init, args.data)
     import npnet
     if args.threads is None:
         args.threads = npnet.threads.get_num_threads()
     tmp = tempfile.TemporaryDirectory(prefix="npnet-bench-")
     init = os.path.join(tmp.name, "init.npz")
     np.savez(init, **npnet.lenet5(rng=np.random.default_rng(SEED)).state_dict())
+    images, labels = npnet.data.load_mnist(split="train")
+    order = np.random.default_rng(SEED).permutation(len(images))[:4096]
+    data = os.path.join(tmp.name, "mnist.npz")
+    np.savez(data, x=npnet.data.normalize(images[order], npnet.data.MNIST_MEAN,
+                                          npnet.data.MNIST_STD),
+             y=labels[order].astype(np.int64))
 
-    workers = [Worker("npnet", args.threads, init), Worker("torch", args.threads, init)]
-    results = {"threads": args.threads, "cpu_count": os.cpu_count(),
+    workers = [Worker("torch", "torch", args.threads, init, data),
+               Worker(MODELS[0], "lenet5", args.threads, init, data),
+               Worker(MODELS[1], "seed", args.threads, init, data)]
+    results = {"threads": args.threads, "cpu_count": os.cpu_count(), "data": "MNIST",
                "rounds": args.rounds, "steps": args.steps, "rows": []}
     try:
-        results["npnet_info"], results["torch_info"] = workers[0]("info"), workers[1]("info")
+        results["npnet_info"] = workers[1]("info")
+        results["torch_info"] = workers[0]("info")
         print(f"npnet {results['npnet_info']}\ntorch {results['torch_info']}")
         # warm-up: compile, fill caches and buffers, once per shape
         for w in workers:
@@ -293,23 +330,21 @@ def main(argv=None):
                 w("train", batch=b, steps=3)
             w("infer", batch=1000, steps=1)
             w("latency", calls=5)
-        print(f"\n{'':<24}{'npnet img/s':>12}{'torch img/s':>12}{'ratio':>9}{'min':>8}"
-              f"{'max':>8}   (median over {args.rounds} alternating rounds)")
+        print(f"\n{'':<24}{'':<20}{'npnet img/s':>12}{'torch img/s':>12}{'ratio':>9}"
+              f"{'min':>8}{'max':>8}   (median over {args.rounds} rounds, order rotating)")
         for b in args.batches:
-            results["rows"].append(compare(workers, args.rounds, f"train, batch {b}", "train",
-                                           b * args.steps, batch=b, steps=args.steps))
+            results["rows"].append(compare(workers, args.rounds, f"train, batch {b}",
+                                           "train", b * args.steps, batch=b,
+                                           steps=args.steps))
         results["rows"].append(compare(workers, args.rounds, "inference, batch 1000",
                                        "infer", 1000 * 5, batch=1000, steps=5))
-        lat = {w.kind: [] for w in workers}
-        for r in range(args.rounds):
-            for w in (workers if r % 2 == 0 else workers[::-1]):
-                lat[w.kind].append(w("latency", calls=200) * 1e3)
-        ratios = [t / n for n, t in zip(lat["npnet"], lat["torch"])]
-        results["latency_ms"] = {"npnet": lat["npnet"], "torch": lat["torch"],
-                                 "speed_ratio": ratios}
-        print(f"{'latency, 1 image (ms)':<24}{np.median(lat['npnet']):>12.3f}"
-              f"{np.median(lat['torch']):>12.3f}{np.median(ratios):>9.2f}{min(ratios):>8.2f}"
-              f"{max(ratios):>8.2f}   (ratio: torch time / npnet time)")
+        lat = _rounds(workers, args.rounds, lambda w: w("latency", calls=200) * 1e3)
+        results["latency_ms"] = lat
+        for name in MODELS:
+            ratios = [t / n for n, t in zip(lat[name], lat["torch"])]
+            print(f"{'latency, 1 image (ms)':<24}{name:<20}{np.median(lat[name]):>12.3f}"
+                  f"{np.median(lat['torch']):>12.3f}{np.median(ratios):>9.2f}"
+                  f"{min(ratios):>8.2f}{max(ratios):>8.2f}   (torch time / npnet time)")
     finally:
         for w in workers:
             w.close()

@@ -29,7 +29,7 @@ CASES = {
         for _ in range(50):
             opt.zero_grad()
             crit(model(x), y)
-            model.backward(crit.backward(), need_grad_in=False)
+            model.backward(crit.backward())
             opt.step()
     """,
     "train, batch 256, 1 epoch of MNIST (train_lenet.py data + loop)": """

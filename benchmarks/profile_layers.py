@@ -1,11 +1,14 @@
-"""Forward and backward time of each step of a LeNet-5 training step, in milliseconds.
+"""Forward and backward time of each call of a LeNet-5 training step, in milliseconds.
 
-    .venv/bin/python benchmarks/profile_layers.py [--batch 64] [--repeats 200] [--no-fuse]
+    .venv/bin/python benchmarks/profile_layers.py [--batch 64] [--repeats 200]
+                                                  [--model lenet5|seed] [--no-fuse]
 
-With fusion on (the default, as Sequential runs it) a fused Conv2d -> ReLU -> MaxPool2d
-block is one row; ``--no-fuse`` times every layer on its own.  Each figure is the median
-over the repeats (the machine is shared: medians resist the odd slow call), after warm-up.
-The loss and the optimizer step are timed too, so the rows add up to a training step.
+One training forward is recorded; then each recorded call (as the tape lists it: a fused
+conv -> ReLU -> pool block is one call) is timed on its own, its layer's forward and
+backward run on arrays of the shapes that call saw, as often as ``--repeats`` says.  The
+loss, the optimizer step and the whole step (the README's loop) are timed too, so the
+table shows how the step's time divides and what the recording itself costs (the whole
+step minus the sum of the parts).  Each figure is a median (the machine is shared).
 """
 from __future__ import annotations
 
@@ -15,84 +18,78 @@ import time
 import numpy as np
 
 import npnet
-from npnet import fused
-from npnet.losses import CrossEntropyLoss
-from npnet.optim import SGD
 
 
-def step_name(model, step):
-    names = {id(layer): name for name, layer in model.layers.items()}
-    if isinstance(step, fused._FUSED):
-        return "+".join(names[id(layer)] for layer in step.layers)
-    return names[id(step)]
+def median_ms(fn, repeats):
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return 1e3 * float(np.median(times[repeats // 10:]))
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=200)
+    ap.add_argument("--model", choices=["lenet5", "seed"], default="lenet5")
     ap.add_argument("--no-fuse", action="store_true")
     args = ap.parse_args(argv)
 
     rng = np.random.default_rng(0)
-    model = npnet.lenet5(rng=rng)
+    with npnet.nn.init_generator(rng):
+        model = npnet.lenet5() if args.model == "lenet5" else npnet.models.LeNet5()
+    npnet.fusion.set_fusion(model, not args.no_fuse)
     x = rng.standard_normal((args.batch, 1, 28, 28)).astype(np.float32)
     t = rng.integers(0, 10, args.batch)
-    crit = CrossEntropyLoss()
-    opt = SGD(model.parameters(), lr=0.01, momentum=0.9)
-    layers = list(model.layers.values())
-    plan = None if args.no_fuse else fused.build_plan(layers)
-    steps = plan if plan is not None else layers
-    names = [step_name(model, s) for s in steps]
-    fwd = {n: [] for n in names}
-    bwd = {n: [] for n in names}
-    extra = {"loss": [], "loss.backward": [], "zero_grad": [], "opt.step": [], "total": []}
+    crit = npnet.CrossEntropyLoss()
+    opt = npnet.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 
-    for r in range(args.repeats + 20):
-        keep = r >= 20
-        t0 = time.perf_counter()
-        s = time.perf_counter()
+    def step():
         opt.zero_grad()
-        extra["zero_grad"].append(time.perf_counter() - s)
-        h = x
-        for name, step in zip(names, steps):
-            s = time.perf_counter()
-            h = step.forward(h)
-            fwd[name].append(time.perf_counter() - s)
-        s = time.perf_counter()
-        crit(h, t)
-        extra["loss"].append(time.perf_counter() - s)
-        s = time.perf_counter()
-        g = crit.backward()
-        extra["loss.backward"].append(time.perf_counter() - s)
-        for i in range(len(steps) - 1, -1, -1):
-            step, name = steps[i], names[i]
-            s = time.perf_counter()
-            if i == 0 and step.can_skip_grad_in if not isinstance(step, fused._FUSED) \
-                    else i == 0:
-                g = step.backward(g, need_grad_in=False)
-            else:
-                g = step.backward(g)
-            bwd[name].append(time.perf_counter() - s)
-        s = time.perf_counter()
+        crit(model(x), t)
+        model.backward(crit.backward())
         opt.step()
-        extra["opt.step"].append(time.perf_counter() - s)
-        extra["total"].append(time.perf_counter() - t0)
-        if not keep:
-            for d in (fwd, bwd, extra):
-                for v in d.values():
-                    v.clear()
 
-    med = lambda v: 1e3 * float(np.median(v))      # noqa: E731
-    print(f"LeNet-5, batch {args.batch}, fused={'off' if plan is None else 'on'}, "
-          f"threads {npnet.threads.policy()}")
-    print(f"{'step':<22}{'forward ms':>12}{'backward ms':>13}")
-    for name in names:
-        print(f"{name:<22}{med(fwd[name]):>12.3f}{med(bwd[name]):>13.3f}")
-    for k in ("loss", "loss.backward", "zero_grad", "opt.step"):
-        print(f"{k:<22}{med(extra[k]):>12.3f}")
-    tot = med(extra["total"])
-    print(f"{'total step':<22}{tot:>12.3f}   -> {args.batch / tot * 1e3:,.0f} images/s")
+    for _ in range(10):
+        step()
+    model(x)
+    tape = npnet.autograd.tape_of(model)
+    print(tape)
+    rows, total = [], 0.0
+    for c, name in zip(tape.calls, tape.call_names()):
+        ins = [rng.standard_normal(s.shape).astype(np.float32) if s is not None else x
+               for s in c.sources]
+        layer = c.module
+        y = layer(*ins)
+        g = rng.standard_normal(y.shape).astype(np.float32)
+        skip = c.index == 0 and layer.can_skip_grad_in     # dL/d(images) is never read
+
+        def fb(layer=layer, ins=ins, g=g, skip=skip):
+            layer(*ins)
+            return layer.backward(g, need_grad_in=False) if skip else layer.backward(g)
+        fwd = median_ms(lambda: layer(*ins), args.repeats)
+        both = median_ms(fb, args.repeats)
+        rows.append((name, type(layer).__name__, fwd, both - fwd))
+        total += both
+    logits = model(x)
+    loss = median_ms(lambda: (crit(logits, t), crit.backward()), args.repeats)
+    opt_ms = median_ms(lambda: (opt.zero_grad(), opt.step()), args.repeats)
+    whole = median_ms(step, args.repeats)
+
+    print(f"\nLeNet-5 ({args.model}), batch {args.batch}, fusion "
+          f"{'off' if args.no_fuse else 'on'}, threads {npnet.threads.policy()}")
+    print(f"{'call':<28}{'layer':<20}{'forward ms':>11}{'backward ms':>13}")
+    for name, kind, f, b in rows:
+        print(f"{name:<28}{kind:<20}{f:>11.3f}{b:>13.3f}")
+    print(f"{'loss (forward + backward)':<48}{loss:>11.3f}")
+    print(f"{'zero_grad + opt.step':<48}{opt_ms:>11.3f}")
+    parts = total + loss + opt_ms
+    print(f"{'sum of the parts':<48}{parts:>11.3f}")
+    print(f"{'whole step (the README loop)':<48}{whole:>11.3f}   -> "
+          f"{args.batch / whole * 1e3:,.0f} images/s")
+    print(f"{'recording and replay (whole - parts)':<48}{whole - parts:>11.3f}")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
     python examples/backprop_step_by_step.py               # pauses for Enter between layers
     python examples/backprop_step_by_step.py --no-pause    # runs straight through
     python examples/backprop_step_by_step.py --checkpoint runs/lenet5/best.npz --index 3
+    python examples/backprop_step_by_step.py --model seed  # the seed's torch-style class
 
 Part 1 runs the digit forward through every layer (conv1, act1, pool1, ..., fc2) and into
 the loss, showing each layer's input and output.  Part 2 runs the gradient backward, from
@@ -12,7 +13,16 @@ layer's backward numerically, at this very point: ``npnet.gradcheck`` runs the l
 input it really received, with the gradient that really arrived, and compares backward's
 answer with central differences.  The network runs in float64 so that check is precise.
 
-Everything shown is recorded by ``npnet.hooks.trace``: no layer is modified to print.
+``--model lenet5`` (the default) is ``npnet.lenet5()``, a Sequential with one layer per
+step.  ``--model seed`` is ``npnet.models.LeNet5``, the seed document's torch class: its
+forward calls one ``self.relu`` four times and one ``self.pool`` twice, so the walk-through
+goes call by call (relu, relu#2, relu#3, relu#4: each call has its own input and its own
+gradient, and each is checked on its own), and its ``x.view`` -- a recorded reshape that
+hooks do not see -- is pointed out where it happens.  Both compute the same function with
+the same state_dict keys, so a checkpoint of examples/train_lenet.py loads into either.
+
+Everything shown is recorded by ``npnet.hooks.trace``: no layer is modified to print (the
+``x.view`` note is read from the model's own record, ``npnet.autograd.tape_of``).
 It pauses only when run from a terminal; with ``--no-pause`` it never reads stdin.
 The derivations are in docs/layers/*.md.
 """
@@ -20,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import inspect
 import sys
 import textwrap
 
@@ -268,6 +279,48 @@ def print_check(name, report, mode, left_out="", x="x") -> tuple[bool, float]:
     return verdict, worst
 
 
+# -- the calls that hooks do not see ---------------------------------------------------------
+def unhooked_calls(model, names) -> dict:
+    """The recorded calls of the last forward that no hook saw, by where they happened.
+
+    ``trace`` hooks the model's layers (its attributes).  ``x.view``, ``x.flatten`` and
+    ``npnet.nn.functional`` make a small layer on the spot (npnet/nn/functional.py): it is
+    recorded on the model's tape like any call, so its gradient flows, but it has no hook.
+    The tape (``npnet.autograd.tape_of``) lists every call in order, so each unhooked call
+    sits after the k-th hooked one, k = -1 meaning before the first.  Read it after the
+    forward, before ``model.backward`` replays (and releases) the tape.
+
+    Returns:
+        {k: [autograd.Call, ...]}: the unhooked calls right after ``names[k]``.
+    """
+    hooked = {id(layer) for _, layer in npnet.hooks.named_layers(model)}
+    found, k = {}, -1
+    for c in npnet.autograd.tape_of(model).calls:
+        if id(c.module) in hooked:
+            k += 1                              # the call recorded as names[k]
+        else:
+            found.setdefault(k, []).append(c)
+    if k != len(names) - 1:            # every traced call should be on the tape once
+        raise RuntimeError(f"unhooked_calls: the tape holds {k + 1} hooked calls, the "
+                           f"trace {len(names)}")
+    return found
+
+
+def unhooked_words(c, backward: bool) -> str:
+    """One line about an unhooked call: what it was, and the shapes it maps between."""
+    m = c.module
+    if isinstance(m, npnet.nn.functional.Reshape):     # x.view(1, -1): the seed's flatten
+        what = f"x.{'view' if m.view_only else 'reshape'}{m.shape}"
+    else:
+        what = f"a {type(m).__name__} call"
+    x_shape = next((s.shape for s in c.sources if s is not None), "?")   # its (first) input
+    y_shape = c.shape
+    if not backward:
+        return f"\n  ({what}, a recorded call that hooks do not see: {x_shape} -> {y_shape})"
+    back = "reshaped back to" if isinstance(m, npnet.nn.functional.Reshape) else "->"
+    return f"\n  ({what}'s backward, not hooked: gradient {y_shape} {back} {x_shape})"
+
+
 # -- the walk-through ------------------------------------------------------------------------
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -279,11 +332,20 @@ def parse_args(argv=None):
                         "untrained network")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the untrained network's weights (default 0)")
+    p.add_argument("--model", choices=["lenet5", "seed"], default="lenet5",
+                   help="lenet5: npnet.lenet5(), a Sequential (default); seed: "
+                        "npnet.models.LeNet5, the seed's torch-style class")
     return p.parse_args(argv)
 
 
 def build_model(args):
-    model = npnet.lenet5(rng=np.random.default_rng(args.seed), dtype=np.float64)
+    rng = np.random.default_rng(args.seed)
+    if args.model == "lenet5":
+        model = npnet.lenet5(rng=rng, dtype=np.float64)
+    else:
+        with npnet.nn.init_generator(rng):    # the seed's class takes no rng: it draws here
+            model = npnet.models.LeNet5()     # in float32, as torch's class does
+        model.to(np.float64)
     if args.checkpoint is None:
         return model, f"untrained (random weights, seed {args.seed})"
     ckpt = npnet.load(args.checkpoint)
@@ -306,19 +368,44 @@ def main(argv=None) -> int:
     model, origin = build_model(args)
     crit = npnet.CrossEntropyLoss()
 
-    # One forward and one backward pass, recorded layer by layer.
+    # One forward and one backward pass, recorded call by call.
     with npnet.hooks.trace(model) as tape:
         logits = model(x)
+        names = list(tape)                 # the layer calls, in forward order
+        between = unhooked_calls(model, names)
         loss = crit(logits, target)
         grad_logits = crit.backward()
         model.backward(grad_logits)        # need_grad_in=True: we want conv1's dL/dx too
-    names = list(tape)
+    # the calls of each call's layer: ['relu', 'relu#2', 'relu#3', 'relu#4'] for each call
+    # of the seed's self.relu; just [name] for a layer called once
+    same_layer = {name: [n for n in names if tape[n].layer is tape[name].layer]
+                  for name in names}
+    reused = [calls for name, calls in same_layer.items()         # each such layer once
+              if len(calls) > 1 and calls[0] == name]
+    step = "call" if reused else "layer"      # what one check is about
+
+    def which_call(name):
+        calls = same_layer[name]
+        if len(calls) > 1:
+            print(f"  call {calls.index(name) + 1} of {len(calls)} of this one "
+                  f"{type(tape[name].layer).__name__} ({', '.join(calls)})")
 
     print("Backpropagation, step by step: LeNet-5 on one MNIST digit")
     print("=" * 60)
     print(f"MNIST test image {args.index}, labelled {label}:\n")
     show_digit(image)
-    print(f"\nThe network: npnet.lenet5 in float64, {origin}.")
+    if args.model == "lenet5":
+        print(f"\nThe network: npnet.lenet5 in float64, {origin}.")
+    else:
+        print(f"\nThe network: npnet.models.LeNet5, the seed's torch class, in float64,\n"
+              f"{origin}.  Its forward, as written:\n")
+        print(textwrap.indent(textwrap.dedent(inspect.getsource(type(model).forward)),
+                              "    "))
+        say("A layer called twice is one layer object (one set of weights) but two calls: "
+            "each call is recorded on its own, with its input and saved state, and gets its "
+            "own gradient.  npnet.hooks.trace names the calls "
+            + "; ".join(", ".join(calls) for calls in reused) + ".")
+        print()
     print(f"The input x: {x.shape} = (batch, channels, height, width), each pixel p "
           f"scaled to\n(p/255 - {npdata.MNIST_MEAN}) / {npdata.MNIST_STD}.")
     print("Derivations: docs/layers/*.md; the whole network: docs/lenet5.md.")
@@ -326,9 +413,12 @@ def main(argv=None) -> int:
 
     # -- part 1: forward ----------------------------------------------------------------
     print("\n\nPART 1  FORWARD: each layer turns its input into its output")
-    for name in names:
+    for i, name in enumerate(names):
+        for c in between.get(i - 1, []):
+            print(unhooked_words(c, backward=False))
         r = tape[name]
         heading(f"{name}  {r.layer!r}")
+        which_call(name)
         say(forward_words(r.layer))
         show("input", r.input, "x")
         show("output", r.output, "y")
@@ -353,6 +443,9 @@ def main(argv=None) -> int:
     say("Then the check: npnet.gradcheck runs that layer alone, on the input it really got, "
         "with the gradient G that really arrived, and compares its backward with central "
         "differences (float64).")
+    if reused:
+        say("A layer called several times is checked once per call, each time on the input "
+            "that call received and with the gradient that arrived at that call.")
     rng = np.random.default_rng(0)
     results = []
 
@@ -367,10 +460,11 @@ def main(argv=None) -> int:
     results.append(("loss", "full", *print_check("loss", report, "full", x="z")))
     pause(f"backward through {names[-1]}")
 
-    for name in reversed(names):
+    for i, name in reversed(list(enumerate(names))):
         r = tape[name]
         layer = r.layer
         heading(f"{name}  {layer!r}")
+        which_call(name)
         say(f"{backward_words(layer, r)}  ({DOCS[type(layer).__name__]})")
         show("arriving dL/dy", r.grad_out, "G")
         show("leaving  dL/dx", r.grad_in, "dx")
@@ -383,18 +477,20 @@ def main(argv=None) -> int:
             say("(Training never needs conv1's dL/dx -- nothing before the image learns -- "
                 "so it skips it; here it is computed to be checked.  It is the saliency map "
                 "of examples/visualize.py: how much each pixel moves the loss.)")
+        for c in reversed(between.get(i - 1, [])):
+            print(unhooked_words(c, backward=True))
         pause("next layer" if name != names[0] else "the summary")
 
     # -- summary ---------------------------------------------------------------------------
-    print("\n\nSUMMARY  the numerical check of every layer's backward, at this digit\n")
-    print(f"  {'layer':<8} {'check':<7} {'worst rel err':>13}  result")
+    print(f"\n\nSUMMARY  the numerical check of every {step}'s backward, at this digit\n")
+    print(f"  {step:<8} {'check':<7} {'worst rel err':>13}  result")
     for name, mode, verdict, worst in results:
         print(f"  {name:<8} {mode:<7} {worst:>13.1e}  {verdict}")
     failed = [name for name, _, verdict, _ in results if verdict == "FAILED"]
     if failed:
         print(f"\n{len(failed)} check(s) failed: {', '.join(failed)}")
         return 1
-    print(f"\nAll {len(results)} checks passed: every layer's backward agrees with the "
+    print(f"\nAll {len(results)} checks passed: every {step}'s backward agrees with the "
           f"numerical derivative\n(relative error below {REL_ERR_OK:g}, or differences "
           f"below the rounding floor {ROUNDING_FLOOR:g} where the gradient is tiny).")
     return 0

@@ -170,16 +170,16 @@ def first_nonfinite(model, x, y, crit):
 
 def install_anomaly_hooks(model):
     """--detect-anomaly: every layer's output and input gradient is checked as it is made."""
-    def check(kind):
+    def check(name, kind):
         def hook(layer, a, b):
-            out = b if kind == "output" else a
-            if out is not None and not np.all(np.isfinite(out)):
-                name = next(n for n, lay in model.layers.items() if lay is layer)
+            arrays = (b,) if kind == "output" else a          # output, or grad_input tuple
+            if any(v is not None and not np.all(np.isfinite(v)) for v in arrays):
                 raise Diverged(f"non-finite {kind} of {name} ({type(layer).__name__})")
         return hook
-    for layer in model.layers.values():
-        layer.register_forward_hook(check("output"))
-        layer.register_backward_hook(check("input gradient"))
+    for name, layer in model.named_modules():
+        if name and layer._is_layer:
+            layer.register_forward_hook(check(name, "output"))
+            layer.register_full_backward_hook(check(name, "input gradient"))
 
 
 @np.errstate(over="ignore", invalid="ignore")  # inf/nan is caught below, with its place
@@ -202,7 +202,7 @@ def train_epoch(model, crit, opt, x, y, args, rng, epoch, progress):
         try:
             logits = model(xb)                          # (B, 10)
             loss = crit(logits, yb)
-            model.backward(crit.backward(), need_grad_in=False)
+            model.backward(crit.backward())
         except Diverged as e:                           # raised by --detect-anomaly's hooks
             raise Diverged(f"{where}: {e}") from None
         grads_ok = all(np.isfinite(p.grad).all() for p in model.parameters())

@@ -2,6 +2,7 @@
 
     python examples/visualize.py --checkpoint runs/lenet5/best.npz --out runs/lenet5/
     python examples/visualize.py --out runs/untrained/      # no checkpoint: untrained weights
+    python examples/visualize.py --model seed --out runs/seed/   # the seed's torch-style class
 
 Writes, for one test digit (``--index``, default the first):
 
@@ -16,6 +17,12 @@ The saliency map is computed by the model's own backward pass: forward the digit
 back a gradient of 1 on the true class's score (and 0 on the others), and read the
 gradient that comes out of conv1 (``model.backward``'s return value).  Feature maps are
 recorded with ``npnet.hooks.trace``.  Every PNG is written atomically.
+
+``--model lenet5`` (the default) is ``npnet.lenet5()``, a Sequential whose ReLUs are the
+layers act1..act4; ``--model seed`` is ``npnet.models.LeNet5``, the seed document's torch
+class, which calls one ``self.relu`` four times: the trace names those calls relu, relu#2,
+relu#3, relu#4, and the feature maps are the outputs of the first three.  Both have the
+same state_dict keys, so a checkpoint of examples/train_lenet.py loads into either.
 """
 from __future__ import annotations
 
@@ -31,6 +38,10 @@ import npnet.hooks
 import npnet.io
 from npnet import data as npdata
 
+# The traced call whose output is ReLU(conv1), ReLU(conv2), ReLU(conv3), for each --model:
+# lenet5() has a ReLU layer per step; the seed's class calls one self.relu again and again,
+# and npnet.hooks.trace names its k-th call 'relu#k'.
+FEATURE_MAPS = {"lenet5": ("act1", "act2", "act3"), "seed": ("relu", "relu#2", "relu#3")}
 
 
 def pyplot():
@@ -142,17 +153,29 @@ def parse_args(argv=None):
     p.add_argument("--index", type=int, default=0, help="which test image (default 0)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the untrained network's weights (default 0)")
+    p.add_argument("--model", choices=sorted(FEATURE_MAPS), default="lenet5",
+                   help="lenet5: npnet.lenet5(), a Sequential (default); seed: "
+                        "npnet.models.LeNet5, the seed's torch-style class")
     return p.parse_args(argv)
+
+
+def build_model(name: str, rng: np.random.Generator):
+    if name == "lenet5":
+        return npnet.lenet5(rng=rng)
+    with npnet.nn.init_generator(rng):        # the seed's class takes no rng: it draws here
+        return npnet.models.LeNet5()
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    model = npnet.lenet5(rng=np.random.default_rng(args.seed))
+    model = build_model(args.model, np.random.default_rng(args.seed))
+    seed_class = "the seed's class npnet.models.LeNet5"
     dataset = "mnist"
     if args.checkpoint is None:
         origin = f"untrained (random weights, seed {args.seed})"
         print(f"No checkpoint given: using an untrained LeNet-5 (random weights, seed "
-              f"{args.seed}).  The pictures show where training starts from; pass "
+              f"{args.seed}){'' if args.model == 'lenet5' else ', ' + seed_class}.  "
+              "The pictures show where training starts from; pass "
               "--checkpoint runs/lenet5/best.npz for a trained network.")
         out = Path(args.out or "runs/untrained")
     else:
@@ -165,7 +188,8 @@ def main(argv=None) -> int:
             raise SystemExit(f"error: {e}") from None
         dataset = (ckpt.get("args") or {}).get("dataset") or "mnist"
         origin = f"trained ({Path(args.checkpoint).name})"
-        print(f"Loaded {args.checkpoint} ({dataset}).")
+        print(f"Loaded {args.checkpoint} ({dataset})"
+              f"{'' if args.model == 'lenet5' else ' into ' + seed_class}.")
         out = Path(args.out) if args.out else Path(args.checkpoint).parent
     if dataset not in npdata.NORMALIZATION:
         raise SystemExit(f"{args.checkpoint}: unknown dataset {dataset!r}")
@@ -193,17 +217,22 @@ def main(argv=None) -> int:
     digit = f"test image {args.index}, label {label}"
     print(f"{digit}: the network says {guess} (p = {p[guess]:.3f}); p({label}) = "
           f"{p[label]:.3f}")
+    relu1, relu2, relu3 = FEATURE_MAPS[args.model]
+    relu_calls = [name for name in tape if tape[name].layer is tape[relu1].layer]
+    if len(relu_calls) > 1:
+        print(f"One ReLU, called {len(relu_calls)} times ({', '.join(relu_calls)}): the "
+              f"feature maps are the outputs of {relu1}, {relu2} and {relu3}.")
 
     written = [
-        draw_filters(model["conv1"].params["weight"], f"conv1's 6 filters, {origin}",
+        draw_filters(model.conv1.weight, f"conv1's 6 filters, {origin}",
                      out / "conv1_filters.png"),
-        draw_maps(image, tape["act1"].output[0], 6,
+        draw_maps(image, tape[relu1].output[0], 6,
                   f"ReLU(conv1): 6 maps of 28x28, {digit}, {origin}",
                   out / "feature_maps_conv1.png"),
-        draw_maps(image, tape["act2"].output[0], 8,
+        draw_maps(image, tape[relu2].output[0], 8,
                   f"ReLU(conv2): 16 maps of 10x10, {digit}, {origin}",
                   out / "feature_maps_conv2.png"),
-        draw_vector(image, tape["act3"].output[0, :, 0, 0],
+        draw_vector(image, tape[relu3].output[0, :, 0, 0],
                     f"ReLU(conv3): 120 maps of 1x1, {digit}, {origin}",
                     out / "feature_maps_conv3.png"),
         draw_saliency(image, saliency,

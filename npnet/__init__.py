@@ -1,19 +1,23 @@
 """npnet: a convolutional-network framework written from scratch in NumPy.
 
 Every layer's forward and backward pass is written by hand (npnet/layers/), the heavy
-loops are Numba kernels (npnet/kernels/) with plain-NumPy references beside them, and the
-gradients are checked numerically (npnet.gradcheck) and against PyTorch (tests/).
+loops are Numba kernels (npnet/kernels/) with plain-NumPy references beside them, models
+are plain code on ``npnet.nn`` whose backward replays what their forward recorded
+(npnet/autograd.py), and the gradients are checked numerically (npnet.gradcheck) and
+against PyTorch (tests/).
 """
 from . import threads  # noqa: F401  (sets the threading policy before any kernel runs)
-from . import data, fused, hooks, models, optim  # noqa: F401
+from . import autograd, data, fusion, hooks, models, nn, optim  # noqa: F401
 from .gradcheck import GradcheckError, TensorCheck, gradcheck
-from .layers import (AvgPool2d, Conv2d, Flatten, Layer, Linear, MaxPool2d, Parameter,
-                     ReLU, Sigmoid, Tanh)
+from .layers import (AvgPool2d, Conv2d, ConvReLUMaxPool2d, Flatten, Identity, Layer, Linear,
+                     MaxPool2d, Parameter, ReLU, Sigmoid, Tanh)
 from .io import load, save
 from .losses import CrossEntropyLoss, MSELoss
 from .models import lenet5, lenet5_classic
+from .module import Module
 from .sequential import Sequential
 from .summary import summary
+from .tensor import Deferred, Tensor
 from .threads import get_num_threads, set_num_threads
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .layers.base import Layer
+from .module import Module
+from .tensor import realize
 
 
 @dataclass
@@ -44,13 +45,14 @@ class GradcheckError(AssertionError):
     """Raised by gradcheck when an analytic gradient disagrees with the numerical one."""
 
 
-def gradcheck(layer: Layer, x: np.ndarray, *, eps=1e-6, atol=1e-5, rtol=1e-3,
+def gradcheck(layer: Module, x: np.ndarray, *, eps=1e-6, atol=1e-5, rtol=1e-3,
               mode="full", n_directions=8, rng=None, raise_on_fail=True, grad_out=None):
     """Check ``layer.backward`` against float64 central differences.
 
     Args:
-        layer: any npnet Layer or Sequential with float64 parameters, in training mode.
-            It must be deterministic (same x -> same y).
+        layer: any npnet layer or model (a Sequential, a class of your own) with float64
+            parameters; it runs in training mode.  It must be deterministic (same x ->
+            same y).
         x: float64 input batch.
         eps, atol, rtol: step and tolerances (torch.autograd.gradcheck's defaults).
         mode: 'full' perturbs every element of the input and of every parameter, one at a
@@ -109,13 +111,8 @@ def gradcheck(layer: Layer, x: np.ndarray, *, eps=1e-6, atol=1e-5, rtol=1e-3,
 
 
 def _modes(layer):
-    """(layer, training) for the layer and everything inside it."""
-    out = [(layer, layer.training)]
-    children = getattr(layer, "layers", None)         # a Sequential's named layers
-    if isinstance(children, dict):
-        for child in children.values():
-            out += _modes(child)
-    return out
+    """(module, training) for the layer and everything inside it."""
+    return [(m, m.training) for m in layer.modules()]
 
 
 def _restore_modes(modes):
@@ -127,10 +124,10 @@ def _check(layer, x, named, eps, atol, rtol, mode, n_directions, rng, raise_on_f
            grad_out):
 
     def loss():
-        return float(np.sum(layer.forward(x) * G))
+        return float(np.sum(np.asarray(layer(x)) * G))
 
     # analytic gradients from one forward + backward
-    y = layer.forward(x)
+    y = layer(x)
     if grad_out is None:
         G = rng.standard_normal(y.shape)
     else:
@@ -139,7 +136,7 @@ def _check(layer, x, named, eps, atol, rtol, mode, n_directions, rng, raise_on_f
             raise ValueError(f"gradcheck: grad_out has shape {G.shape}, the layer's output "
                              f"has shape {np.shape(y)}")
     layer.zero_grad()
-    grad_x = layer.backward(G)
+    grad_x = realize(layer.backward(G))
     if not isinstance(grad_x, np.ndarray) or grad_x.shape != x.shape:
         got = grad_x.shape if isinstance(grad_x, np.ndarray) else type(grad_x).__name__
         raise GradcheckError(f"gradcheck: {layer!r}.backward returned {got} for an input "

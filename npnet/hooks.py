@@ -1,14 +1,16 @@
-"""Watching a network work: record every layer's activations and gradients, no edits needed.
+"""Watching a network work: record every layer call's activations and gradients.
 
-Every layer accepts two kinds of hook (``npnet/layers/base.py``)::
+Every module accepts hooks, as torch's do (``npnet/module.py``)::
 
-    handle = layer.register_forward_hook(fn)    # fn(layer, x, y) after each forward
-    handle = layer.register_backward_hook(fn)   # fn(layer, grad_in, grad_out) after each
-                                                #   backward run by a Sequential
-    handle.remove()                             # and it is gone
+    handle = layer.register_forward_hook(fn)         # fn(layer, args, output) after
+                                                     #   each forward
+    handle = layer.register_full_backward_hook(fn)   # fn(layer, grad_input, grad_output)
+                                                     #   after each backward (tuples)
+    handle.remove()                                  # and it is gone
 
-``trace`` puts both hooks on every layer of a model, records what they see, and takes
-them off again when the ``with`` block ends::
+They fire wherever the layer runs: on its own, in a Sequential, inside a model of yours.
+``trace`` puts both on every layer of a model, records what they see, and takes them off
+again when the ``with`` block ends::
 
     with npnet.hooks.trace(model) as tape:
         loss = crit(model(x), y)
@@ -17,12 +19,12 @@ them off again when the ``with`` block ends::
     tape["conv1"].grad_out        # dL/d(output), arriving from above, same shape
     tape["conv1"].grad_in         # dL/d(input), leaving towards the image (N, 1, 28, 28)
 
-Names are the Sequential's own ('conv1', 'act1', ...); a layer inside a nested Sequential
-is named by its path ('features.conv1').  The arrays are copies, taken when the hook
-fires, so a layer that later reuses a buffer cannot change what was recorded.
+Records are per *call*, named by the layer's path in the model ('conv1',
+'features.conv1'); a layer called again in the same forward gets 'relu#2', 'relu#3' (the
+seed's LeNet5 calls one ReLU four times).  The arrays are copies, taken when the hook fires,
+so a later change to the arrays cannot change what was recorded.
 
-A Sequential with a hook on any of its layers runs them one by one, never through the
-fused conv -> ReLU -> pool kernel (npnet/fused.py), so a trace sees every layer.
+A layer with a hook is never fused (npnet/fusion.py), so a trace sees every layer.
 """
 from __future__ import annotations
 
@@ -33,15 +35,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .layers.base import Layer
-from .sequential import Sequential
+from . import autograd
+from .module import Module
+from .summary import call_name, layers_of
 
 __all__ = ["Record", "Tape", "trace", "named_layers"]
 
 
 @dataclass
 class Record:
-    """What one layer saw during the last forward and backward pass of a trace.
+    """What one layer call saw during the last forward and backward pass of a trace.
 
     ``input`` -> layer -> ``output`` on the way forward; ``grad_out`` (dL/d output, the
     gradient arriving) -> layer.backward -> ``grad_in`` (dL/d input, the gradient leaving)
@@ -50,7 +53,7 @@ class Record:
     matching hook has fired; ``forward_calls`` and ``backward_calls`` count the firings.
     """
     name: str
-    layer: Layer
+    layer: Module
     input: np.ndarray | None = None
     output: np.ndarray | None = None
     grad_out: np.ndarray | None = None
@@ -61,7 +64,7 @@ class Record:
 
 @dataclass
 class Tape(Mapping):
-    """The records of a trace, by layer name in forward order; also a log of hook firings.
+    """The records of a trace, by call name in forward order; also a log of hook firings.
 
     ``tape["conv1"]`` is a :class:`Record`; ``list(tape)`` the names in forward order;
     ``tape.events`` every firing in time order, as ``("forward" | "backward", name)``.
@@ -79,78 +82,87 @@ class Tape(Mapping):
         return len(self.records)
 
     def table(self, print_fn=print) -> None:
-        """One line per layer: the shapes in and out, and the size of each gradient."""
+        """One line per call: the shapes in and out, and the size of each gradient."""
         print_fn(f"{'layer':<12}{'input':>18}{'output':>18}{'|grad_out|':>12}{'|grad_in|':>12}")
         for name, r in self.records.items():
             print_fn(f"{name:<12}{_shape(r.input):>18}{_shape(r.output):>18}"
                      f"{_norm(r.grad_out):>12}{_norm(r.grad_in):>12}")
 
 
-def named_layers(model: Layer, prefix: str = ""):
-    """(name, layer) for every layer that computes (not the Sequentials), in forward order.
-
-    A lone layer (not a Sequential) is named after its class, e.g. 'Conv2d'.
-    """
-    if not isinstance(model, Sequential):
-        yield (prefix.rstrip(".") or type(model).__name__), model
-        return
-    for name, layer in model.layers.items():
-        yield from named_layers(layer, f"{prefix}{name}.")
+def named_layers(model: Module):
+    """(name, layer) for every layer (a module with its own backward) of ``model``, in
+    registration order; a lone layer is named after its class, e.g. 'Conv2d'."""
+    return layers_of(model)
 
 
 @contextmanager
-def trace(model: Layer, copy: bool = True):
-    """Record the input, output, grad_out and grad_in of every layer of ``model``.
+def trace(model: Module, copy: bool = True):
+    """Record the input, output, grad_out and grad_in of every layer call of ``model``.
 
     Args:
-        model: a Sequential (nested ones too) or a single layer.
-        copy: keep copies of the arrays (default).  ``copy=False`` keeps the arrays
-            themselves: cheaper, but a layer that reuses a buffer would change them.
+        model: any model (a Sequential, a class of your own) or a single layer.
+        copy: keep copies of the arrays (default).  ``copy=False`` keeps the arrays the
+            hooks see: cheaper, but a later change to them would show in the records.
 
     Yields:
         a :class:`Tape`, filled while the block runs.  The hooks are removed when the block
-        ends, even by an exception; the tape stays readable afterwards.
-
-    The forward hooks fire for ``model(x)`` and ``model.forward(x)``; the backward hooks
-    fire inside ``Sequential.backward``.  A single layer outside any Sequential records its
-    forward when called as ``layer(x)`` but never its backward (no Sequential runs it).
+        ends, even by an exception; the tape stays readable afterwards.  Each forward of
+        the model starts the call count again, so records hold the last pass.
     """
     tape = Tape()
+    calls = {}                       # id(layer) -> calls in the current forward
+    by_call = {}                     # the recorded Call (or the layer) -> Record
     handles = []
+
+    def new_forward(module, args):
+        calls.clear()
+        by_call.clear()
+
+    def on_forward(name):
+        def hook(layer, args, out):
+            k = calls[id(layer)] = calls.get(id(layer), 0) + 1
+            key = call_name(name, k)
+            record = tape.records.get(key)
+            if record is None:
+                record = tape.records[key] = Record(key, layer)
+            record.input = _keep(args[0] if len(args) == 1 else args, copy)
+            record.output = _keep(out, copy)
+            record.forward_calls += 1
+            src = getattr(out, "_src", None)
+            by_call[id(src) if isinstance(src, autograd.Call) else id(layer)] = record
+            tape.events.append(("forward", key))
+        return hook
+
+    def on_backward(layer, grad_in, grad_out):
+        c = autograd.current_call()
+        record = by_call.get(id(c) if c is not None else id(layer)) or by_call.get(id(layer))
+        if record is None:
+            return
+        record.grad_in = _keep(grad_in[0] if len(grad_in) == 1 else grad_in, copy)
+        record.grad_out = _keep(grad_out[0] if len(grad_out) == 1 else grad_out, copy)
+        record.backward_calls += 1
+        tape.events.append(("backward", record.name))
+
     try:
-        for name, layer in named_layers(model):
-            if name in tape.records:
-                raise ValueError(f"trace: two layers are named {name!r}")
-            record = tape.records[name] = Record(name, layer)
-            handles.append(layer.register_forward_hook(_on_forward(tape, record, copy)))
-            handles.append(layer.register_backward_hook(_on_backward(tape, record, copy)))
+        handles.append(model.register_forward_pre_hook(new_forward))
+        for name, layer in layers_of(model):
+            handles.append(layer.register_forward_hook(on_forward(name)))
+            handles.append(layer.register_full_backward_hook(on_backward))
         yield tape
     finally:
         for handle in handles:
             handle.remove()
 
 
-# -- the hooks themselves ------------------------------------------------------------------
-def _on_forward(tape: Tape, record: Record, copy: bool):
-    def hook(layer, x, y):
-        record.input, record.output = _keep(x, copy), _keep(y, copy)
-        record.forward_calls += 1
-        tape.events.append(("forward", record.name))
-    return hook
-
-
-def _on_backward(tape: Tape, record: Record, copy: bool):
-    def hook(layer, grad_in, grad_out):
-        record.grad_in, record.grad_out = _keep(grad_in, copy), _keep(grad_out, copy)
-        record.backward_calls += 1
-        tape.events.append(("backward", record.name))
-    return hook
-
-
 def _keep(a, copy: bool):
-    if a is None or not copy:
+    if a is None:
+        return None
+    if isinstance(a, tuple):
+        return tuple(_keep(x, copy) for x in a)
+    a = autograd.realize(a)
+    if not isinstance(a, np.ndarray):
         return a
-    return np.array(a, copy=True)
+    return np.array(a, copy=True) if copy else a
 
 
 def _shape(a) -> str:

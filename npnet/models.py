@@ -1,4 +1,4 @@
-"""LeNet-5, as the seed document draws it, and LeCun's classic form for comparison.
+"""LeNet-5: as a Sequential (``lenet5()``), as the seed's class (``LeNet5``), and LeCun's form.
 
     input 1x28x28 -> conv1 6@5x5 (padding 2) -> ReLU -> max-pool 2   6x14x14
                   -> conv2 16@5x5            -> ReLU -> max-pool 2   16x5x5
@@ -7,6 +7,10 @@
 
 conv1 pads 28x28 to 32x32, the size LeCun fed: without it conv3 meets a 4x4 map and fails
 (the seed's PyTorch class does).  61,706 parameters.  docs/lenet5.md walks through it.
+
+``lenet5()`` and ``LeNet5()`` compute the same function with the same state_dict keys; the
+first is a chain of named layers, the second is the seed's class as its author wrote it
+for torch, on ``npnet.nn``.
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from collections import OrderedDict
 
 import numpy as np
 
+from . import nn
 from .layers import AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d, ReLU, Tanh
 from .sequential import Sequential
 
@@ -48,3 +53,34 @@ def lenet5_classic(rng=None, dtype=np.float32) -> Sequential:
     output layer was RBF units; this keeps the shapes and plain average pooling.
     """
     return _lenet(Tanh, AvgPool2d, rng, dtype)
+
+
+class LeNet5(nn.Module):
+    """The seed document's class, written for torch, on ``npnet.nn`` (only the import
+    changed) -- with ``padding=2`` on conv1, so that it takes MNIST's 28x28 digits (the
+    seed's own conv1 has none and needs LeCun's 32x32).
+
+    One ReLU and one max-pool serve every layer: each call is recorded on its own, so
+    backward knows which input each call saw (docs/autograd.md).
+    """
+
+    def __init__(self):
+        super(LeNet5, self).__init__()
+        self.conv1 = nn.Conv2d(in_channels=1, out_channels=6, kernel_size=5, stride=1, padding=2)
+        self.conv2 = nn.Conv2d(in_channels=6, out_channels=16, kernel_size=5, stride=1, padding=0)
+        self.conv3 = nn.Conv2d(in_channels=16, out_channels=120, kernel_size=5, stride=1, padding=0)
+        self.fc1 = nn.Linear(in_features=120, out_features=84)
+        self.fc2 = nn.Linear(in_features=84, out_features=10)
+        self.relu = nn.ReLU()
+        self.pool = nn.MaxPool2d(kernel_size=2, stride=2)
+
+    def forward(self, x):
+        x = self.relu(self.conv1(x))
+        x = self.pool(x)
+        x = self.relu(self.conv2(x))
+        x = self.pool(x)
+        x = self.relu(self.conv3(x))
+        x = x.view(x.size(0), -1)
+        x = self.relu(self.fc1(x))
+        x = self.fc2(x)
+        return x

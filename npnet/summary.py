@@ -1,52 +1,64 @@
-"""A model summary in the style of torchsummary / Keras: one row per layer."""
+"""A model summary in the style of torchsummary / Keras: one row per layer call."""
 from __future__ import annotations
 
 import numpy as np
 
-from .sequential import Sequential
+
+def call_name(name: str, k: int) -> str:
+    """The name of the k-th call (from 1) of a layer: 'relu', then 'relu#2', 'relu#3'."""
+    return name if k == 1 else f"{name}#{k}"
 
 
-def _leaves(model, prefix=""):
-    """(name, layer) for every non-Sequential layer, in forward order."""
-    if isinstance(model, Sequential):
-        for name, layer in model.layers.items():
-            yield from _leaves(layer, f"{prefix}{name}.")
-    else:
-        yield prefix.rstrip("."), model
+def layers_of(model):
+    """(name, layer) for every layer (a module with its own backward) in ``model``; a lone
+    layer is named after its class."""
+    if model._is_layer:
+        return [(type(model).__name__, model)]
+    return [(name, m) for name, m in model.named_modules() if m._is_layer and name]
 
 
 def summary(model, input_size=(1, 28, 28), print_fn=print, batch_size=-1):
     """Print a table: Layer (type) | Output Shape | Param #, then totals and memory.
 
-    Runs one forward pass on a zero batch of 2 in eval mode (the model's mode is restored)
-    to find every output shape; shapes print with -1 for the batch, as torchsummary.
+    Runs one forward pass on a zero batch of 2 in eval mode (every module's mode is
+    restored) and prints one row per layer call, in the order of the calls; a layer called
+    again ('relu#2') shows its parameters only the first time, so the column adds up to
+    the total.  Shapes print with -1 for the batch, as torchsummary.
 
     Returns:
-        dict with 'total_params', 'trainable_params', 'output_shapes' (per layer name),
+        dict with 'total_params', 'trainable_params', 'output_shapes' (per call name),
         and the memory estimates in MB ('input_mb', 'forward_backward_mb', 'params_mb',
         'total_mb') for a batch of one, float32.
     """
     if not isinstance(input_size, (tuple, list)) or any(
-            not isinstance(d, (int, np.integer)) or d < 1 for d in input_size):
+            not isinstance(d, (int, np.integer)) or isinstance(d, bool) or d < 1
+            for d in input_size):
         raise ValueError(f"summary: input_size must be a tuple of positive ints such as "
                          f"(1, 28, 28), got {input_size!r}")
-    leaves = list(_leaves(model))
-    modes = [(layer, layer.training) for layer in (model, *(lay for _, lay in leaves))]
-    model.eval()
-    rows, shapes = [], {}
+    rows, shapes, calls = [], {}, {}
+
+    def record(name):
+        def hook(layer, args, out):
+            k = calls[id(layer)] = calls.get(id(layer), 0) + 1
+            key = call_name(name, k)
+            shapes[key] = tuple(out.shape[1:])
+            n = sum(p.data.size for p in layer.parameters()) if k == 1 else 0
+            rows.append((f"{key} ({type(layer).__name__})", [batch_size, *out.shape[1:]], n))
+        return hook
+
+    modes = [(m, m.training) for m in model.modules()]
+    handles = [layer.register_forward_hook(record(name)) for name, layer in layers_of(model)]
     try:
         dtype = next((p.data.dtype for p in model.parameters()), np.dtype(np.float32))
-        x = np.zeros((2, *input_size), dtype=dtype)
-        for name, layer in leaves:
-            x = layer.forward(x)
-            shapes[name] = tuple(x.shape[1:])
-            n = sum(p.size for p in layer.params.values())
-            rows.append((f"{name} ({type(layer).__name__})", [batch_size, *x.shape[1:]], n))
+        model.eval()
+        model(np.zeros((2, *input_size), dtype=dtype))
     finally:
-        for layer, training in modes:            # each layer's own mode, as it was
-            layer.training = training
+        for h in handles:
+            h.remove()
+        for m, training in modes:               # each module's own mode, as it was
+            m.training = training
 
-    total = sum(r[2] for r in rows)
+    total = model.num_parameters()
     width = 64
     print_fn("-" * width)
     print_fn(f"{'Layer (type)':<24}{'Output Shape':>25}{'Param #':>15}")

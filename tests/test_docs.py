@@ -27,8 +27,9 @@ sys.modules[_spec.name] = sync          # its dataclasses look their module up b
 _spec.loader.exec_module(sync)
 
 LAYER_PAGES = ["linear", "conv", "maxpool", "avgpool", "activations", "flatten",
-               "cross_entropy"]
-REQUIRED = ["docs/index.md", "docs/lenet5.md"] + [f"docs/layers/{p}.md" for p in LAYER_PAGES]
+               "cross_entropy", "fused"]
+REQUIRED = ["docs/index.md", "docs/lenet5.md", "docs/autograd.md", "docs/functional.md"] + [
+    f"docs/layers/{p}.md" for p in LAYER_PAGES]
 PAGES = sync.pages()
 IDS = [str(p.relative_to(ROOT)) for p in PAGES]
 

@@ -137,12 +137,11 @@ def test_dtype(dtype, rng, draw):
 # -- parity with the seed's PyTorch class ----------------------------------------------------
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "layers"])
 @pytest.mark.parametrize("n", [1, 8], ids=["n1", "n8"])
-def test_lenet5_matches_torch(n, fused, rng, draw, monkeypatch):
-    # float32 LeNet-5 runs conv -> relu -> pool through npnet/fused.py unless switched off:
-    # check both paths against torch
-    monkeypatch.setattr(npnet.fused, "enabled", fused)
-    _parity(npnet.lenet5(rng), LeNet5(), draw((n, 1, 28, 28), np.float32),
-            rng.integers(0, 10, size=n))
+def test_lenet5_matches_torch(n, fused, rng, draw):
+    # LeNet-5 runs conv -> relu -> pool as one fused layer unless switched off
+    # (npnet/fusion.py): check both paths against torch
+    model = npnet.fusion.set_fusion(npnet.lenet5(rng), fused)
+    _parity(model, LeNet5(), draw((n, 1, 28, 28), np.float32), rng.integers(0, 10, size=n))
 
 
 @pytest.mark.parametrize("n", [1, 8], ids=["n1", "n8"])

@@ -31,13 +31,15 @@ Backward (one chunk), with gz (F, L) = dL/dz, nonzero only at winners where y > 
 The loops are blocked (4 rows x 4 terms) with the innermost loop over contiguous p',
 which LLVM vectorizes.  ``fastmath`` is limited to 'contract' (fused multiply-add) and
 'reassoc' (vectorized sums): results differ from the unfused layers only by rounding
-(tests/test_fused.py), and are identical run to run and for any thread count.
+(tests/layers/test_fused.py), and are identical run to run and for any thread count.
 Reference implementations: ``reference.py`` (conv_relu_pool_forward_ref, ...).
 """
 from __future__ import annotations
 
 import numpy as np
 from numba import njit, prange
+
+from .geometry import out_size
 
 _FM = {"contract", "reassoc"}
 
@@ -90,7 +92,28 @@ def _gemm_shift(a, xp, off, L, z):
                 z1[p] += a10 * v0
                 z2[p] += a20 * v0
                 z3[p] += a30 * v0
-    for m in range(M4, M):                         # leftover rows: 1 row x 4 terms
+    M2 = M4
+    if M - M4 >= 2:                                # 2 leftover rows (conv1's 6 = 4 + 2):
+        M2 += 2                                    # each slice of xp read once for both
+        m = M4
+        z0 = z[m]; z1 = z[m + 1]
+        for k in range(0, K4, 4):
+            b0 = xp[off[k]:off[k] + L]; b1 = xp[off[k + 1]:off[k + 1] + L]
+            b2 = xp[off[k + 2]:off[k + 2] + L]; b3 = xp[off[k + 3]:off[k + 3] + L]
+            a00 = a[m, k]; a01 = a[m, k + 1]; a02 = a[m, k + 2]; a03 = a[m, k + 3]
+            a10 = a[m + 1, k]; a11 = a[m + 1, k + 1]; a12 = a[m + 1, k + 2]; a13 = a[m + 1, k + 3]
+            for p in range(L):
+                v0 = b0[p]; v1 = b1[p]; v2 = b2[p]; v3 = b3[p]
+                z0[p] += a00 * v0 + a01 * v1 + a02 * v2 + a03 * v3
+                z1[p] += a10 * v0 + a11 * v1 + a12 * v2 + a13 * v3
+        for k in range(K4, K):
+            b0 = xp[off[k]:off[k] + L]
+            a00 = a[m, k]; a10 = a[m + 1, k]
+            for p in range(L):
+                v0 = b0[p]
+                z0[p] += a00 * v0
+                z1[p] += a10 * v0
+    for m in range(M2, M):                         # a last row: 1 row x 4 terms
         z0 = z[m]
         for k in range(0, K4, 4):
             b0 = xp[off[k]:off[k] + L]; b1 = xp[off[k + 1]:off[k + 1] + L]
@@ -107,7 +130,7 @@ def _gemm_shift(a, xp, off, L, z):
 
 @njit(cache=True, nogil=True, fastmath=_FM)
 def _gemm_nt_shift(g, xp, off, L, dw):
-    """dw (M, K) = g (M, L) @ B.T, row k of B being xp[off[k] : off[k] + L] (float32).
+    """dw (M, K) = g (M, L) @ B.T, row k of B being xp[off[k] : off[k] + L].
 
     Dot products over L, 2 rows x 4 columns at a time: 8 independent sums keep the FMA
     units busy while each load serves 2 or 4 of them.
@@ -115,13 +138,14 @@ def _gemm_nt_shift(g, xp, off, L, dw):
     M = g.shape[0]
     K = off.shape[0]
     M2, K4 = M - M % 2, K - K % 4
+    zero = g.dtype.type(0)                  # sums in the arrays' own dtype
     for m in range(0, M2, 2):
         g0 = g[m]; g1 = g[m + 1]
         for k in range(0, K4, 4):
             b0 = xp[off[k]:off[k] + L]; b1 = xp[off[k + 1]:off[k + 1] + L]
             b2 = xp[off[k + 2]:off[k + 2] + L]; b3 = xp[off[k + 3]:off[k + 3] + L]
-            s00 = np.float32(0); s01 = np.float32(0); s02 = np.float32(0); s03 = np.float32(0)
-            s10 = np.float32(0); s11 = np.float32(0); s12 = np.float32(0); s13 = np.float32(0)
+            s00 = zero; s01 = zero; s02 = zero; s03 = zero
+            s10 = zero; s11 = zero; s12 = zero; s13 = zero
             for p in range(L):
                 u = g0[p]; v = g1[p]
                 x0 = b0[p]; x1 = b1[p]; x2 = b2[p]; x3 = b3[p]
@@ -132,7 +156,7 @@ def _gemm_nt_shift(g, xp, off, L, dw):
             dw[m + 1, k + 2] = s12; dw[m + 1, k + 3] = s13
         for k in range(K4, K):
             b0 = xp[off[k]:off[k] + L]
-            s00 = np.float32(0); s10 = np.float32(0)
+            s00 = zero; s10 = zero
             for p in range(L):
                 s00 += g0[p] * b0[p]
                 s10 += g1[p] * b0[p]
@@ -141,7 +165,7 @@ def _gemm_nt_shift(g, xp, off, L, dw):
         g0 = g[m]
         for k in range(K):
             b0 = xp[off[k]:off[k] + L]
-            s00 = np.float32(0)
+            s00 = zero
             for p in range(L):
                 s00 += g0[p] * b0[p]
             dw[m, k] = s00
@@ -189,7 +213,7 @@ def conv_relu_pool_forward(x, w2, b, kh, kw, ph, pw, S, y, arg):
     N, C, H, W = x.shape
     F = w2.shape[0]
     Hp, Wp = H + 2 * ph, W + 2 * pw
-    OH, OW = Hp - kh + 1, Wp - kw + 1
+    OH, OW = out_size(H, kh, 1, ph), out_size(W, kw, 1, pw)
     PH, PW = y.shape[2], y.shape[3]
     off_full = _offsets(C, kh, kw, Hp, S * Wp)             # for the chunks of S samples
     for ci in prange((N + S - 1) // S):
@@ -214,23 +238,34 @@ def conv_relu_pool_forward(x, w2, b, kh, kw, ph, pw, S, y, arg):
                     top = 2 * qh * Wc
                     bot = top + Wc
                     for qw in range(PW):
-                        best = zf[top + 2 * qw]
-                        k = 0
-                        v = zf[top + 2 * qw + 1]
-                        if (v > best or v != v) and best == best:
-                            best = v
-                            k = 1
-                        v = zf[bot + 2 * qw]
-                        if (v > best or v != v) and best == best:
-                            best = v
-                            k = 2
-                        v = zf[bot + 2 * qw + 1]
-                        if (v > best or v != v) and best == best:
-                            best = v
-                            k = 3
+                        best, k = _first_max4(zf[top + 2 * qw], zf[top + 2 * qw + 1],
+                                              zf[bot + 2 * qw], zf[bot + 2 * qw + 1])
                         yf[qh, qw] = best if (best > 0 or best != best) else 0
                         af[qh, qw] = k
     return y, arg
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _first_max4(a, b, c, d):
+    """The first maximum of a 2x2 window (a b / c d) and its index 0..3, as torch picks it.
+
+    Written with selects, not branches: which value wins is data-dependent, and a
+    mispredicted branch per window cost more than the comparisons.  The first NaN wins
+    (torch's rule), on the rare path.
+    """
+    if a != a or b != b or c != c or d != d:
+        if a != a:
+            return a, 0
+        if b != b:
+            return b, 1
+        if c != c:
+            return c, 2
+        return d, 3
+    right = b > a                       # a tie keeps the earlier value
+    top, k_top = (b, 1) if right else (a, 0)
+    right = d > c
+    low, k_low = (d, 3) if right else (c, 2)
+    return (low, k_low) if low > top else (top, k_top)
 
 
 @njit(cache=True, parallel=True, nogil=True)
@@ -245,8 +280,9 @@ def conv_relu_pool_backward(x, w2, w2t, kh, kw, ph, pw, S, grad_out, y, arg, dw_
     N, C, H, W = x.shape
     F = w2.shape[0]
     Hp, Wp = H + 2 * ph, W + 2 * pw
-    OH, OW = Hp - kh + 1, Wp - kw + 1
+    OH, OW = out_size(H, kh, 1, ph), out_size(W, kw, 1, pw)
     PH, PW = y.shape[2], y.shape[3]
+    zero = grad_out.dtype.type(0)
     off_full = _offsets(C, kh, kw, Hp, S * Wp)
     for ci in prange((N + S - 1) // S):
         n0 = ci * S
@@ -268,11 +304,12 @@ def conv_relu_pool_backward(x, w2, w2t, kh, kw, ph, pw, S, grad_out, y, arg, dw_
                 t = 0.0
                 for qh in range(PH):
                     for qw in range(PW):
-                        if yf[qh, qw] > 0:
-                            g = gf[qh, qw]
-                            a = af[qh, qw]
-                            gzf[(2 * qh + a // 2) * Wc + 2 * qw + a % 2] = g
-                            t += g
+                        # a select, not a branch (see _first_max4): where the output is
+                        # 0 the window's gradient is 0, written at its winner all the same
+                        g = gf[qh, qw] if yf[qh, qw] > 0 else zero
+                        a = af[qh, qw]
+                        gzf[(2 * qh + a // 2) * Wc + 2 * qw + a % 2] = g
+                        t += g
                 db_n[n, f] = t
         _gemm_nt_shift(gz, xp, off, L, dw_c[ci])           # (F, L) @ (L, K) -> (F, K)
         if need_grad_in:
@@ -290,11 +327,12 @@ def conv_relu_pool_backward(x, w2, w2t, kh, kw, ph, pw, S, grad_out, y, arg, dw_
 
 
 def chunk_size(H, W, kh, kw, ph, pw, target=600):
-    """Samples per task: enough side by side that a matmul row is >= ``target`` long.
+    """Samples per task: as many side by side (1 to 8) as keep a matmul row within
+    ``target`` positions (conv2's rows of 139 go 4 to a task: 556).
 
     Long rows keep the vectorised loops efficient (LeNet-5: conv1 1, conv2 4).  Results
     depend on it (it sets which partial sums are formed) but not on the thread count.
     """
-    Hp, Wp = H + 2 * ph, W + 2 * pw
-    L = (Hp - kh) * Wp + Wp - kw + 1
+    Wp = W + 2 * pw
+    L = (out_size(H, kh, 1, ph) - 1) * Wp + out_size(W, kw, 1, pw)   # a row's length
     return max(1, min(8, target // L))

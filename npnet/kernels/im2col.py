@@ -12,13 +12,14 @@ from __future__ import annotations
 
 from numba import njit, prange
 
+from .geometry import out_size
+
 
 @njit(cache=True, parallel=True, nogil=True)
 def im2col(x, kh, kw, sh, sw, ph, pw, cols):
     """Fill ``cols`` (N, C*kh*kw, OH*OW) from ``x`` (N, C, H, W); padding reads as 0."""
     N, C, H, W = x.shape
-    OH = (H + 2 * ph - kh) // sh + 1
-    OW = (W + 2 * pw - kw) // sw + 1
+    OH, OW = out_size(H, kh, sh, ph), out_size(W, kw, sw, pw)
     for n in prange(N):
         for c in range(C):
             for i in range(kh):
@@ -48,8 +49,7 @@ def col2im(cols, kh, kw, sh, sw, ph, pw, x):
     gradients; entries that fell in the padding are dropped.
     """
     N, C, H, W = x.shape
-    OH = (H + 2 * ph - kh) // sh + 1
-    OW = (W + 2 * pw - kw) // sw + 1
+    OH, OW = out_size(H, kh, sh, ph), out_size(W, kw, sw, pw)
     for n in prange(N):
         x[n] = 0
         for c in range(C):

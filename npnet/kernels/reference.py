@@ -5,7 +5,8 @@ They are the oracle the Numba kernels in ``im2col.py`` and ``pool.py`` are teste
 Index conventions (shared with the fast kernels):
 
 * input ``x``: (N, C, H, W); kernel (kh, kw); stride (sh, sw); padding (ph, pw);
-  ``OH = (H + 2 ph - kh) // sh + 1``, ``OW = (W + 2 pw - kw) // sw + 1``, ``P = OH * OW``.
+  ``OH = out_size(H, kh, sh, ph)``, ``OW = out_size(W, kw, sw, pw)`` (``geometry.py``),
+  ``P = OH * OW``.
 * columns: (N, C*kh*kw, P); row ``(c*kh + i)*kw + j`` holds input pixel
   ``(c, oh*sh - ph + i, ow*sw - pw + j)`` in column ``oh*OW + ow`` (zero where that pixel
   falls in the padding).
@@ -14,10 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-
-def out_size(size: int, k: int, s: int, p: int) -> int:
-    """Output length of a sliding window: floor((size + 2p - k) / s) + 1."""
-    return (size + 2 * p - k) // s + 1
+from .geometry import out_size
 
 
 def im2col_ref(x, kh, kw, sh, sw, ph, pw):

@@ -1,138 +1,40 @@
-"""The layer contract every npnet layer follows.
+"""The layer contract every npnet layer follows, and the helpers the layers share.
 
-A layer is an object with a hand-written forward and backward pass::
+A layer is a Module (``npnet/module.py``) with a hand-written forward and backward::
 
-    y = layer(x)                    # same as layer.forward(x); keeps what backward needs
+    y = layer(x)                    # calls layer.forward(x), which keeps in self._cache
+                                    # what backward needs (training mode only)
     grad_in = layer.backward(grad_out)   # d loss / d x, and ADDS d loss / d param
                                          # into layer.grads[name]
 
-``layer.params`` maps a name ('weight', 'bias') to the live parameter array; ``layer.grads``
-has the same keys and shapes.  Gradients accumulate (``+=``), as in micrograd and torch, so
-call ``zero_grad()`` between steps.  ``train()`` / ``eval()`` switch ``layer.training``: in
-eval mode a layer keeps no cache for backward.
+``layer.params`` maps a name ('weight', 'bias') to the live parameter array (also
+``layer.weight``); ``layer.grads`` has the same keys and shapes.  Gradients accumulate
+(``+=``), as in micrograd and torch, so call ``zero_grad()`` between steps.  In eval mode
+a layer keeps no cache.
+
+Called on its own, a layer keeps its cache on itself, for ``layer.backward``.  Called
+inside a model's forward, the cache is moved into that call's record (``npnet/autograd.py``)
+after each forward and handed back for the backward: so a layer used twice has two, and
+what a backward reads is what its own forward kept.  A backward must therefore read the
+cache, not the layer's live attributes: the weights, stride or padding may have changed
+since.
 """
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
-class Parameter:
-    """A live parameter array and the gradient array that accumulates into it.
+from ..kernels.geometry import out_size
+from ..module import Module, Parameter
 
-    ``p.data`` is the layer's own array: ``p.data -= lr * p.grad`` updates the layer, and
-    so does ``p.data = new_values`` (the values are copied in; the array is never
-    replaced, so the layer and the optimizer keep sharing it).  It unpacks like a pair:
-    ``for w, g in model.parameters(): ...``.
-    """
+#: The base class of a layer of your own (the same class as npnet.nn.Module).
+Layer = Module
 
-    __slots__ = ("_data", "grad")
-
-    def __init__(self, data: np.ndarray, grad: np.ndarray):
-        self._data, self.grad = data, grad
-
-    @property
-    def data(self) -> np.ndarray:
-        return self._data
-
-    @data.setter
-    def data(self, value) -> None:
-        if value is self._data:        # `p.data -= x` already updated the array in place
-            return
-        if np.shape(value) != self._data.shape:
-            raise ValueError(f"Parameter.data: the parameter has shape {self._data.shape}, "
-                             f"got a value of shape {np.shape(value)}")
-        np.copyto(self._data, value)
-
-    def __iter__(self):
-        return iter((self._data, self.grad))
-
-    def __repr__(self):
-        return f"Parameter(shape={self._data.shape}, dtype={self._data.dtype})"
+__all__ = ["Layer", "Parameter", "pair", "check_array", "check_grad", "add_grad",
+           "no_cache_error", "uniform_init", "out_size", "init_generator"]
 
 
-class Layer:
-    """Base class: subclasses implement ``forward`` and ``backward``.
-
-    A layer of your own only needs ``self.params`` (name -> array), ``forward`` and
-    ``backward``; ``__init__`` here makes the matching ``grads``.  Call
-    ``self._init_grads()`` after filling ``self.params``.
-    """
-
-    #: Conv2d and Linear can skip computing dL/dx (``backward(g, need_grad_in=False)``),
-    #: which the first layer of a network never needs.
-    can_skip_grad_in = False
-
-    def __init__(self):
-        self.params: dict[str, np.ndarray] = {}
-        self.grads: dict[str, np.ndarray] = {}
-        self.training = True
-        self._cache = None          # what forward keeps for backward (training mode only)
-        self._forward_hooks = []
-        self._backward_hooks = []
-
-    # -- the contract ---------------------------------------------------------------------
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        raise NotImplementedError(f"{type(self).__name__}.forward")
-
-    def backward(self, grad_out: np.ndarray) -> np.ndarray:
-        raise NotImplementedError(f"{type(self).__name__}.backward")
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        y = self.forward(x)
-        for hook in self._forward_hooks:
-            hook(self, x, y)
-        return y
-
-    # -- parameters -----------------------------------------------------------------------
-    def _init_grads(self) -> None:
-        self.grads = {name: np.zeros_like(p) for name, p in self.params.items()}
-
-    def zero_grad(self) -> None:
-        for g in self.grads.values():
-            g.fill(0)
-
-    def parameters(self) -> list[Parameter]:
-        return [Parameter(self.params[k], self.grads[k]) for k in self.params]
-
-    def named_parameters(self) -> list[tuple[str, Parameter]]:
-        return [(k, Parameter(self.params[k], self.grads[k])) for k in self.params]
-
-    def train(self, mode: bool = True) -> "Layer":
-        self.training = mode
-        return self
-
-    def eval(self) -> "Layer":
-        return self.train(False)
-
-    # -- hooks (fired by __call__ and by Sequential; see npnet/hooks.py) ------------------
-    def register_forward_hook(self, fn):
-        """``fn(layer, x, y)`` after every forward through ``layer(x)`` or a Sequential."""
-        self._forward_hooks.append(fn)
-        return _HookHandle(self._forward_hooks, fn)
-
-    def register_backward_hook(self, fn):
-        """``fn(layer, grad_in, grad_out)`` after every backward run by a Sequential."""
-        self._backward_hooks.append(fn)
-        return _HookHandle(self._backward_hooks, fn)
-
-    def extra_repr(self) -> str:
-        return ""
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.extra_repr()})"
-
-
-class _HookHandle:
-    """Returned by the register_* methods; ``handle.remove()`` unregisters the hook."""
-
-    def __init__(self, hooks: list, fn):
-        self._hooks, self._fn = hooks, fn
-
-    def remove(self) -> None:
-        if self._fn in self._hooks:
-            self._hooks.remove(self._fn)
-
-
-# -- shared helpers for the layers' input checks and arguments ------------------------------
 def pair(v, name: str) -> tuple[int, int]:
     """An int or a pair of ints -> (a, b); anything else is a ValueError naming ``name``."""
     if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
@@ -143,7 +45,46 @@ def pair(v, name: str) -> tuple[int, int]:
     raise ValueError(f"{name} must be an int or a pair of ints, got {v!r}")
 
 
-def check_array(layer: Layer, x, ndim: int, what: str = "input") -> np.ndarray:
+def window_arg(layer: str, what: str, v, minimum: int) -> tuple[int, int]:
+    """A kernel_size, stride (>= 1) or padding (>= 0) as a pair, or a ValueError."""
+    p = pair(v, f"{layer} {what}")
+    if min(p) < minimum:
+        raise ValueError(f"{layer}: kernel_size and stride must be >= 1 and padding >= 0, "
+                         f"got {what} {p}")
+    return p
+
+
+def from_weight(attr: str, index):
+    """A layer attribute read from its weight's shape (one source of truth): reading it
+    gives the shape's entry; assigning it is refused, naming what to do instead."""
+    def get(self):
+        shape = self.params["weight"].shape
+        return tuple(shape[index]) if isinstance(index, slice) else shape[index]
+
+    def refuse(self, value):
+        raise ValueError(f"{type(self).__name__}.{attr} is read from the weight's shape "
+                         f"{self.params['weight'].shape}; to change it, assign a new weight "
+                         f"(layer.weight = array) or build a new layer")
+    return property(get, refuse, doc=f"{attr}, read from the weight's shape")
+
+
+def positive_int(layer: str, name: str, v) -> int:
+    if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
+        raise ValueError(f"{layer}: {name} must be a positive int, got {v!r}")
+    return int(v)
+
+
+def float_dtype(layer: str, dtype) -> np.dtype:
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt not in (np.float32, np.float64):
+        raise ValueError(f"{layer}: dtype must be float32 or float64, got {dtype!r}")
+    return dt
+
+
+def check_array(layer: Module, x, ndim: int, what: str = "input") -> np.ndarray:
     """Refuse anything but a floating ndarray of ``ndim`` dimensions, naming the layer."""
     if not isinstance(x, np.ndarray):
         raise ValueError(f"{layer!r}: {what} must be a numpy array, got {type(x).__name__}")
@@ -155,7 +96,13 @@ def check_array(layer: Layer, x, ndim: int, what: str = "input") -> np.ndarray:
     return x
 
 
-def check_grad(layer: Layer, grad_out, expected_shape: tuple, dtype) -> np.ndarray:
+def check_dtype(layer: Module, x: np.ndarray, weight: np.ndarray) -> None:
+    if x.dtype != weight.dtype:
+        raise ValueError(f"{layer!r}: input is {x.dtype} but the layer is {weight.dtype}; "
+                         f"cast the input or convert the layer with .to(np.{x.dtype})")
+
+
+def check_grad(layer: Module, grad_out, expected_shape: tuple, dtype) -> np.ndarray:
     """grad_out must match the forward output's shape and dtype."""
     if not isinstance(grad_out, np.ndarray):
         raise ValueError(f"{layer!r}: grad_out must be a numpy array, "
@@ -168,15 +115,53 @@ def check_grad(layer: Layer, grad_out, expected_shape: tuple, dtype) -> np.ndarr
     return grad_out
 
 
-def no_cache_error(layer: Layer) -> RuntimeError:
+def add_grad(layer: Module, name: str, value: np.ndarray) -> None:
+    """``layer.grads[name] += value``, refusing a parameter replaced since the forward."""
+    g = layer.grads.get(name)
+    if g is None or g.shape != value.shape:
+        now = None if g is None else g.shape
+        raise ValueError(f"{layer!r}: parameter '{name}' was replaced between forward and "
+                         f"backward (it had shape {value.shape}, now {now}): run forward again")
+    g += value
+
+
+def no_cache_error(layer: Module) -> RuntimeError:
     return RuntimeError(f"{layer!r}: backward() needs a forward() in training mode first "
                         "(each forward allows one backward)")
 
 
-def uniform_init(rng, shape, fan_in: int, dtype) -> np.ndarray:
-    """torch's default for conv and linear layers: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+_init_rng = []          # the generators of the enclosing init_generator blocks
+
+
+@contextlib.contextmanager
+def init_generator(rng: np.random.Generator):
+    """Layers built in this block without ``rng=`` draw their initial weights from ``rng``:
+    a class written like torch's (no rng argument) is then reproducible::
+
+        with npnet.nn.init_generator(np.random.default_rng(0)):
+            model = LeNet5()
+    """
+    if not isinstance(rng, np.random.Generator):
+        raise ValueError(f"init_generator: rng must be a np.random.Generator "
+                         f"(np.random.default_rng(seed)), got {type(rng).__name__}")
+    _init_rng.append(rng)
+    try:
+        yield rng
+    finally:
+        _init_rng.pop()
+
+
+def resolve_rng(rng):
+    """``rng`` itself, else the enclosing init_generator's, else a fresh unseeded one."""
+    if rng is None:
+        return _init_rng[-1] if _init_rng else np.random.default_rng()
     if not isinstance(rng, np.random.Generator):
         raise ValueError(f"rng must be a np.random.Generator (np.random.default_rng(seed)), "
                          f"got {type(rng).__name__}")
+    return rng
+
+
+def uniform_init(rng, shape, fan_in: int, dtype) -> np.ndarray:
+    """torch's default for conv and linear layers: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
     bound = 1.0 / np.sqrt(fan_in)
-    return rng.uniform(-bound, bound, size=shape).astype(dtype)
+    return resolve_rng(rng).uniform(-bound, bound, size=shape).astype(dtype)

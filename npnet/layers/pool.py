@@ -13,34 +13,61 @@ import numpy as np
 
 from ..kernels.pool import avgpool_backward, avgpool_forward, maxpool2x2_backward, \
     maxpool2x2_forward, maxpool_backward, maxpool_forward
-from .base import Layer, check_array, check_grad, no_cache_error, pair
+from .base import Module, check_array, check_grad, no_cache_error, out_size, window_arg
 
 
-class _Pool2d(Layer):
+class _Pool2d(Module):
     def __init__(self, kernel_size, stride=None, padding=0):
         super().__init__()
-        name = type(self).__name__
-        self.kernel_size = pair(kernel_size, f"{name} kernel_size")
-        self.stride = self.kernel_size if stride is None else pair(stride, f"{name} stride")
-        self.padding = pair(padding, f"{name} padding")
-        if min(self.kernel_size) < 1 or min(self.stride) < 1 or min(self.padding) < 0:
-            raise ValueError(f"{name}: kernel_size and stride must be >= 1 and padding >= 0, "
-                             f"got {self.kernel_size}, {self.stride}, {self.padding}")
-        if any(2 * p > k for p, k in zip(self.padding, self.kernel_size)):
-            raise ValueError(f"{name}: padding {self.padding} must be at most half the kernel "
-                             f"size {self.kernel_size} (as in torch)")
-        self._cache = None
+        self._kernel_size = self._stride = self._padding = None
+        self.kernel_size = kernel_size
+        self.stride = self.kernel_size if stride is None else stride
+        self.padding = padding
+
+    # validated on every assignment: a pool changed after a forward takes effect or refuses
+    @property
+    def kernel_size(self):
+        return self._kernel_size
+
+    @kernel_size.setter
+    def kernel_size(self, v):
+        k = window_arg(type(self).__name__, "kernel_size", v, 1)
+        self._check_padding(k, self._padding)
+        self._kernel_size = k
+
+    @property
+    def stride(self):
+        return self._stride
+
+    @stride.setter
+    def stride(self, v):
+        self._stride = window_arg(type(self).__name__, "stride", v, 1)
+
+    @property
+    def padding(self):
+        return self._padding
+
+    @padding.setter
+    def padding(self, v):
+        p = window_arg(type(self).__name__, "padding", v, 0)
+        self._check_padding(self._kernel_size, p)
+        self._padding = p
+
+    def _check_padding(self, k, p):
+        if k is not None and p is not None and any(2 * a > b for a, b in zip(p, k)):
+            raise ValueError(f"{type(self).__name__}: padding {p} must be at most half the "
+                             f"kernel size {k} (as in torch)")
 
     def output_shape(self, in_shape):
         N, C, H, W = in_shape
-        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        (kh, kw), (sh, sw), (ph, pw) = self._kernel_size, self._stride, self._padding
         if H + 2 * ph < kh or W + 2 * pw < kw:
             raise ValueError(f"{self!r}: input of shape {tuple(in_shape)} is smaller than the "
                              f"window {self.kernel_size} (padding {self.padding})")
-        return N, C, (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
+        return N, C, out_size(H, kh, sh, ph), out_size(W, kw, sw, pw)
 
     def _geometry(self):
-        return (*self.kernel_size, *self.stride, *self.padding)
+        return (*self._kernel_size, *self._stride, *self._padding)
 
     def extra_repr(self):
         s = f"kernel_size={self.kernel_size}, stride={self.stride}"
@@ -61,26 +88,26 @@ class MaxPool2d(_Pool2d):
     def forward(self, x):
         check_array(self, x, 4)
         out_shape = self.output_shape(x.shape)
+        geometry = self._geometry()
         y = np.empty(out_shape, dtype=x.dtype)
         argmax = np.empty(out_shape, dtype=np.int32)   # winner's index i*kw + j per window
-        if self._geometry() == (2, 2, 2, 2, 0, 0):     # the usual case: an unrolled kernel
+        if geometry == (2, 2, 2, 2, 0, 0):             # the usual case: an unrolled kernel
             maxpool2x2_forward(np.ascontiguousarray(x), y, argmax)
         else:
-            maxpool_forward(np.ascontiguousarray(x), *self._geometry(), y, argmax)
-        self._cache = (x.shape, x.dtype, argmax) if self.training else None
+            maxpool_forward(np.ascontiguousarray(x), *geometry, y, argmax)
+        self._cache = (x.shape, x.dtype, argmax, geometry) if self.training else None
         return y
 
     def backward(self, grad_out):
         if self._cache is None:
             raise no_cache_error(self)
-        x_shape, dtype, argmax = self._cache
+        x_shape, dtype, argmax, geometry = self._cache
         check_grad(self, grad_out, argmax.shape, dtype)
         self._cache = None                 # each forward serves one backward
         grad_in = np.empty(x_shape, dtype=grad_out.dtype)
-        if self._geometry() == (2, 2, 2, 2, 0, 0):
+        if geometry == (2, 2, 2, 2, 0, 0):
             return maxpool2x2_backward(np.ascontiguousarray(grad_out), argmax, grad_in)
-        return maxpool_backward(np.ascontiguousarray(grad_out), argmax, *self._geometry(),
-                                grad_in)
+        return maxpool_backward(np.ascontiguousarray(grad_out), argmax, *geometry, grad_in)
 
 
 class AvgPool2d(_Pool2d):
@@ -97,15 +124,16 @@ class AvgPool2d(_Pool2d):
     def forward(self, x):
         check_array(self, x, 4)
         y = np.empty(self.output_shape(x.shape), dtype=x.dtype)
-        avgpool_forward(np.ascontiguousarray(x), *self._geometry(), y)
-        self._cache = (x.shape, x.dtype) if self.training else None
+        geometry = self._geometry()
+        avgpool_forward(np.ascontiguousarray(x), *geometry, y)
+        self._cache = (x.shape, x.dtype, y.shape, geometry) if self.training else None
         return y
 
     def backward(self, grad_out):
         if self._cache is None:
             raise no_cache_error(self)
-        x_shape, dtype = self._cache
-        check_grad(self, grad_out, self.output_shape(x_shape), dtype)
+        x_shape, dtype, y_shape, geometry = self._cache
+        check_grad(self, grad_out, y_shape, dtype)
         self._cache = None                 # each forward serves one backward
         grad_in = np.empty(x_shape, dtype=grad_out.dtype)
-        return avgpool_backward(np.ascontiguousarray(grad_out), *self._geometry(), grad_in)
+        return avgpool_backward(np.ascontiguousarray(grad_out), *geometry, grad_in)
