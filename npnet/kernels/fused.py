@@ -46,19 +46,20 @@ _FM = {"contract", "reassoc"}
 
 # -- per-sample helpers (serial; called inside the prange loops) -----------------------------
 @njit(cache=True, nogil=True)
-def _pad_chunk(x, n0, S, ph, pw, xp):
-    """Flat xp (C, Hp, S*Wp) <- samples n0..n0+S-1 side by side, each zero-padded.
+def _pad_chunk(x, n0, S, ph, pw, Wq, xp):
+    """Flat xp (C, Hp, S*Wq) <- samples n0..n0+S-1 side by side, each zero-padded.
 
-    The border (and the gaps between samples) must already be zero.
+    Wq >= W + 2*pw is the width a padded sample takes (``padded_width``).  The border
+    (and the gaps between samples) must already be zero.
     """
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
-    Hp, Wp = H + 2 * ph, W + 2 * pw
-    Wc = S * Wp
+    Hp = H + 2 * ph
+    Wc = S * Wq
     for s in range(S):
         for c in range(C):
             for h in range(H):
                 src = x[n0 + s, c, h]
-                base = (c * Hp + h + ph) * Wc + s * Wp + pw
+                base = (c * Hp + h + ph) * Wc + s * Wq + pw
                 for w in range(W):
                     xp[base + w] = src[w]
 
@@ -172,21 +173,27 @@ def _gemm_nt_shift(g, xp, off, L, dw):
 
 
 @njit(cache=True, nogil=True, fastmath=_FM)
-def _gemm_tn_shift_acc(at, g, off, L, dcols, dxp):
+def _gemm_tn_shift_acc(at, g, off, L, block, dxp):
     """dxp[off[k] : off[k] + L] += (at @ g)[k] for every k: the matmul, then col2im.
 
-    at (K, M) is W2.T, g (M, L); dcols (K, L) is scratch.  The product runs in the
-    blocked kernel (g's rows at offsets m*L of g flattened); the shifted adds follow.
+    at (K, M) is W2.T, g (M, >= L) (its first L columns are used).  The product is made
+    four rows at a time in ``block``
+    (4, L), scratch, and each row is added at its offset while it is still in the cache:
+    the whole (K, L) product, larger than a core's cache for conv2, is never written.
     """
     K, M = at.shape
-    rows = np.arange(M) * L
-    dcols[:] = 0
-    _gemm_shift(at, g.reshape(M * L), rows, L, dcols)        # (K, M) @ (M, L)
-    for k in range(K):
-        d = dxp[off[k]:off[k] + L]
-        src = dcols[k]
-        for p in range(L):
-            d[p] += src[p]
+    rows = np.arange(M) * g.shape[1]                         # where each row of g starts
+    gf = g.reshape(g.size)
+    for k0 in range(0, K, 4):
+        n = min(4, K - k0)
+        part = block[:n]
+        part[:] = 0
+        _gemm_shift(at[k0:k0 + n], gf, rows, L, part)        # (n, M) @ (M, L)
+        for r in range(n):
+            d = dxp[off[k0 + r]:off[k0 + r] + L]
+            src = part[r]
+            for p in range(L):
+                d[p] += src[p]
 
 
 @njit(cache=True, nogil=True)
@@ -200,130 +207,169 @@ def _offsets(C, kh, kw, Hp, Wp):
     return off
 
 
+# -- the 2x2 max-pool of z and its gradient, whole rows at a time -----------------------------
+# Row pair (2*qh, 2*qh + 1) of z holds the windows of output row qh; window (qh, j) of the
+# wide row covers columns 2j and 2j + 1.  The pool is done in two passes, each a loop over
+# contiguous memory that LLVM vectorizes: first down the columns (which of the two rows
+# wins), then across the pairs of columns.  A window's values in torch's order are
+# 0 = top left, 1 = top right, 2 = bottom left, 3 = bottom right; the first maximum wins,
+# and a NaN beats any number (torch's rule).
+@njit(cache=True, nogil=True, inline="always")
+def _beats(later, earlier):
+    """Does ``later`` take the window from ``earlier``, met before it? (larger, or NaN)"""
+    return (later > earlier) | ((later != later) & (earlier == earlier))
+
+
+@njit(cache=True, nogil=True)
+def _pool_columns(zf, Wc, PH, v, iv):
+    """v[qh*Wc + p] = the first maximum of zf[2*qh*Wc + p] and zf[(2*qh + 1)*Wc + p];
+    iv = 0 where the top one won, 2 where the bottom one did."""
+    for qh in range(PH):
+        top = zf[2 * qh * Wc:(2 * qh + 1) * Wc]
+        low = zf[(2 * qh + 1) * Wc:(2 * qh + 2) * Wc]
+        vr = v[qh * Wc:(qh + 1) * Wc]
+        ir = iv[qh * Wc:(qh + 1) * Wc]
+        for p in range(Wc):
+            down = _beats(low[p], top[p])
+            vr[p] = low[p] if down else top[p]
+            ir[p] = np.int8(2) if down else np.int8(0)
+
+
+@njit(cache=True, nogil=True)
+def _pool_pairs(v, iv, yw, aw):
+    """yw[j] = relu of the first maximum of the column winners v[2j], v[2j + 1], and aw[j]
+    its index 0..3 in the window."""
+    zero = yw.dtype.type(0)
+    for j in range(yw.shape[0]):
+        a, b = v[2 * j], v[2 * j + 1]
+        ia, ib = iv[2 * j], iv[2 * j + 1] + np.int8(1)          # left 0/2, right 1/3
+        tie = (b == a) | ((b != b) & (a != a))                 # equal, or both NaN
+        right = _beats(b, a) | (tie & (ib < ia))               # the first in the window
+        best = b if right else a
+        yw[j] = best if ((best > 0) | (best != best)) else zero
+        aw[j] = ib if right else ia
+
+
 # -- the batch kernels ---------------------------------------------------------------------
 @njit(cache=True, parallel=True, nogil=True)
-def conv_relu_pool_forward(x, w2, b, kh, kw, ph, pw, S, y, arg):
+def conv_relu_pool_forward(x, w2, b, kh, kw, ph, pw, S, y, arg, xps):
     """x (N, C, H, W), w2 (F, K), b (F,) -> y (N, F, OH//2, OW//2) and arg int8 (same shape).
 
     Convolution with stride 1 and zero padding (ph, pw), bias, ReLU, then a 2x2 max-pool
     of stride 2 (floor mode).  arg is the winner's index 2*i + j in its window: the first
     maximum of z, as torch's max-pool picks it (NaN wins, as in torch).  S samples are
-    laid side by side and computed as one (chunks of n = c*S ... c*S + S - 1).
+    laid side by side and computed as one (chunks of n = c*S ... c*S + S - 1).  Each
+    chunk's padded samples are written to its row of xps (``padded_shape``), which the
+    backward reads: the input itself is not needed again.
     """
     N, C, H, W = x.shape
     F = w2.shape[0]
-    Hp, Wp = H + 2 * ph, W + 2 * pw
+    Hp, Wq = H + 2 * ph, _width(W, pw)
     OH, OW = out_size(H, kh, 1, ph), out_size(W, kw, 1, pw)
     PH, PW = y.shape[2], y.shape[3]
-    off_full = _offsets(C, kh, kw, Hp, S * Wp)             # for the chunks of S samples
+    off_full = _offsets(C, kh, kw, Hp, S * Wq)             # for the chunks of S samples
     for ci in prange((N + S - 1) // S):
         n0 = ci * S
         Sc = min(S, N - n0)                                # samples in this chunk
-        Wc = Sc * Wp
-        L = (OH - 1) * Wc + (Sc - 1) * Wp + OW
+        Wc = Sc * Wq
+        L = (OH - 1) * Wc + (Sc - 1) * Wq + OW             # the positions computed
         off = off_full if Sc == S else _offsets(C, kh, kw, Hp, Wc)
-        xp = np.zeros(C * Hp * Wc, dtype=x.dtype)          # scratch, per chunk
-        z = np.empty((F, L), dtype=x.dtype)
-        _pad_chunk(x, n0, Sc, ph, pw, xp)
+        xp = xps[ci, :C * Hp * Wc]                         # this chunk, padded
+        xp[:] = 0
+        z = np.empty((F, OH * Wc), dtype=x.dtype)          # OH whole rows of Wc
+        v = np.empty(PH * Wc, dtype=x.dtype)               # column winners of one filter
+        iv = np.empty(PH * Wc, dtype=np.int8)
+        yw = np.empty(PH * Wc // 2, dtype=x.dtype)         # pooled, on the wide rows
+        aw = np.empty(PH * Wc // 2, dtype=np.int8)
+        _pad_chunk(x, n0, Sc, ph, pw, Wq, xp)
         for f in range(F):
             z[f, :] = b[f]
         _gemm_shift(w2, xp, off, L, z)                     # (F, K) @ (K, L)
-        for s in range(Sc):
-            n = n0 + s
-            for f in range(F):
-                zf = z[f, s * Wp:]                         # sample s's columns onwards
-                yf = y[n, f]
-                af = arg[n, f]
+        for f in range(F):
+            _pool_columns(z[f], Wc, PH, v, iv)
+            _pool_pairs(v, iv, yw, aw)
+            for s in range(Sc):                            # keep each sample's windows
                 for qh in range(PH):
-                    top = 2 * qh * Wc
-                    bot = top + Wc
-                    for qw in range(PW):
-                        best, k = _first_max4(zf[top + 2 * qw], zf[top + 2 * qw + 1],
-                                              zf[bot + 2 * qw], zf[bot + 2 * qw + 1])
-                        yf[qh, qw] = best if (best > 0 or best != best) else 0
-                        af[qh, qw] = k
+                    j = qh * (Wc // 2) + s * (Wq // 2)
+                    y[n0 + s, f, qh, :] = yw[j:j + PW]
+                    arg[n0 + s, f, qh, :] = aw[j:j + PW]
     return y, arg
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _first_max4(a, b, c, d):
-    """The first maximum of a 2x2 window (a b / c d) and its index 0..3, as torch picks it.
-
-    Written with selects, not branches: which value wins is data-dependent, and a
-    mispredicted branch per window cost more than the comparisons.  The first NaN wins
-    (torch's rule), on the rare path.
-    """
-    if a != a or b != b or c != c or d != d:
-        if a != a:
-            return a, 0
-        if b != b:
-            return b, 1
-        if c != c:
-            return c, 2
-        return d, 3
-    right = b > a                       # a tie keeps the earlier value
-    top, k_top = (b, 1) if right else (a, 0)
-    right = d > c
-    low, k_low = (d, 3) if right else (c, 2)
-    return (low, k_low) if low > top else (top, k_top)
-
-
-@njit(cache=True, parallel=True, nogil=True)
-def conv_relu_pool_backward(x, w2, w2t, kh, kw, ph, pw, S, grad_out, y, arg, dw_c, db_n,
+@njit(cache=True, parallel=True, nogil=True, fastmath=_FM)
+def conv_relu_pool_backward(xps, w2, w2t, kh, kw, ph, pw, S, grad_out, y, arg, dw_c, db_n,
                             grad_in, need_grad_in):
     """Gradients of conv_relu_pool_forward, per chunk of S samples.
 
-    grad_out, y, arg (N, F, PH, PW) -> dw_c (ceil(N/S), F, K), one weight gradient per
-    chunk, and db_n (N, F), which the caller sums in order; if need_grad_in, grad_in
-    (N, C, H, W) is overwritten with dL/dx.  w2t is w2.T as a contiguous (K, F) array.
+    xps: the padded chunks the forward wrote.  grad_out, y, arg (N, F, PH, PW) -> dw_c
+    (ceil(N/S), F, K), one weight gradient per chunk, and db_n (N, F), which the caller
+    sums in order; if need_grad_in, grad_in (N, C, H, W) is overwritten with dL/dx (else
+    it is (0, C, H, W): its shape still gives the input's).  w2t is w2.T as a contiguous
+    (K, F) array.
     """
-    N, C, H, W = x.shape
+    N = y.shape[0]
+    C, H, W = grad_in.shape[1], grad_in.shape[2], grad_in.shape[3]
     F = w2.shape[0]
-    Hp, Wp = H + 2 * ph, W + 2 * pw
+    Hp, Wq = H + 2 * ph, _width(W, pw)
     OH, OW = out_size(H, kh, 1, ph), out_size(W, kw, 1, pw)
     PH, PW = y.shape[2], y.shape[3]
     zero = grad_out.dtype.type(0)
-    off_full = _offsets(C, kh, kw, Hp, S * Wp)
+    off_full = _offsets(C, kh, kw, Hp, S * Wq)
     for ci in prange((N + S - 1) // S):
         n0 = ci * S
         Sc = min(S, N - n0)
-        Wc = Sc * Wp
-        L = (OH - 1) * Wc + (Sc - 1) * Wp + OW
+        Wc = Sc * Wq
+        L = (OH - 1) * Wc + (Sc - 1) * Wq + OW
         off = off_full if Sc == S else _offsets(C, kh, kw, Hp, Wc)
-        xp = np.zeros(C * Hp * Wc, dtype=x.dtype)
-        gz = np.zeros((F, L), dtype=x.dtype)
-        _pad_chunk(x, n0, Sc, ph, pw, xp)
+        xp = xps[ci, :C * Hp * Wc]                         # as the forward padded it
+        gz = np.zeros((F, L), dtype=y.dtype)               # dL/dz
         # gz: each window's gradient goes to its winner, where the window's max was > 0
         for s in range(Sc):
             n = n0 + s
             for f in range(F):
-                gzf = gz[f, s * Wp:]                       # sample s's columns onwards
-                yf = y[n, f]
-                gf = grad_out[n, f]
-                af = arg[n, f]
-                t = 0.0
+                gzf = gz[f]
+                t = zero
                 for qh in range(PH):
+                    gr, yr, ar = grad_out[n, f, qh], y[n, f, qh], arg[n, f, qh]
+                    row = 2 * qh * Wc + s * Wq                 # the window's top left cell
                     for qw in range(PW):
-                        # a select, not a branch (see _first_max4): where the output is
-                        # 0 the window's gradient is 0, written at its winner all the same
-                        g = gf[qh, qw] if yf[qh, qw] > 0 else zero
-                        a = af[qh, qw]
-                        gzf[(2 * qh + a // 2) * Wc + 2 * qw + a % 2] = g
+                        # a select, not a branch: where the output is 0 the window's
+                        # gradient is 0 (relu), written at its winner all the same
+                        g = gr[qw] if yr[qw] > 0 else zero
+                        a = ar[qw]                             # 2*i + j
+                        gzf[row + (a >> 1) * Wc + 2 * qw + (a & 1)] = g
                         t += g
                 db_n[n, f] = t
         _gemm_nt_shift(gz, xp, off, L, dw_c[ci])           # (F, L) @ (L, K) -> (F, K)
         if need_grad_in:
-            xp[:] = 0                                      # reused as dL/dxp
-            dcols = np.empty((w2t.shape[0], L), dtype=x.dtype)
-            _gemm_tn_shift_acc(w2t, gz, off, L, dcols, xp)  # (K, F) @ (F, L), added at off
+            dxp = np.zeros(C * Hp * Wc, dtype=y.dtype)     # dL/dxp
+            block = np.empty((4, L), dtype=y.dtype)
+            _gemm_tn_shift_acc(w2t, gz, off, L, block, dxp)  # (K, F) @ (F, L), added at off
             for s in range(Sc):
                 for c in range(C):
                     for h in range(H):
-                        base = (c * Hp + h + ph) * Wc + s * Wp + pw
+                        base = (c * Hp + h + ph) * Wc + s * Wq + pw
                         dst = grad_in[n0 + s, c, h]
                         for w in range(W):
-                            dst[w] = xp[base + w]
+                            dst[w] = dxp[base + w]
     return dw_c, db_n, grad_in
+
+
+def padded_width(W, pw):
+    """The width a padded sample takes in a chunk: W + 2*pw rounded up to even, so that
+    every sample's 2x2 windows start at an even column of the chunk's rows."""
+    Wp = W + 2 * pw
+    return Wp + Wp % 2
+
+
+_width = njit(cache=True, nogil=True)(padded_width)     # the same, for the kernels
+
+
+def padded_shape(x_shape, ph, pw, S):
+    """The shape of ``xps`` for an input of ``x_shape``: one row per chunk of S samples,
+    holding the chunk's C padded planes of (H + 2*ph) rows of S padded samples each."""
+    N, C, H, W = x_shape
+    return (-(-N // S), C * (H + 2 * ph) * S * padded_width(W, pw))
 
 
 def chunk_size(H, W, kh, kw, ph, pw, target=600):
@@ -333,6 +379,6 @@ def chunk_size(H, W, kh, kw, ph, pw, target=600):
     Long rows keep the vectorised loops efficient (LeNet-5: conv1 1, conv2 4).  Results
     depend on it (it sets which partial sums are formed) but not on the thread count.
     """
-    Wp = W + 2 * pw
-    L = (out_size(H, kh, 1, ph) - 1) * Wp + out_size(W, kw, 1, pw)   # a row's length
+    Wq = padded_width(W, pw)
+    L = (out_size(H, kh, 1, ph) - 1) * Wq + out_size(W, kw, 1, pw)   # a row's length
     return max(1, min(8, target // L))

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..kernels.fused import chunk_size, conv_relu_pool_backward, conv_relu_pool_forward
+from ..kernels.fused import (chunk_size, conv_relu_pool_backward, conv_relu_pool_forward,
+                             padded_shape)
 from .activation import ReLU
 from .base import Module, add_grad, check_array, check_dtype, check_grad, no_cache_error
 from .conv import Conv2d
@@ -97,8 +98,10 @@ class ConvReLUMaxPool2d(Module):
         y = np.empty((N, F, PH, PW), dtype=x.dtype)
         arg = np.empty((N, F, PH, PW), dtype=np.int8)         # winner 2*i + j of each window
         S = chunk_size(x.shape[2], x.shape[3], kh, kw, ph, pw)    # samples per task
-        conv_relu_pool_forward(x, w2, b, kh, kw, ph, pw, S, y, arg)
-        self._cache = (x, w, has_bias, (ph, pw), y, arg) if self.training else None
+        xps = np.empty(padded_shape(x.shape, ph, pw, S), dtype=x.dtype)  # x, padded
+        conv_relu_pool_forward(x, w2, b, kh, kw, ph, pw, S, y, arg, xps)
+        # backward reads the padded copy the kernel wrote, not x
+        self._cache = (xps, x.shape, w, has_bias, (ph, pw), y, arg) if self.training else None
         return y
 
     def backward(self, grad_out, need_grad_in=True):
@@ -106,16 +109,16 @@ class ConvReLUMaxPool2d(Module):
         grads.  ``need_grad_in=False`` skips dL/dx and returns None."""
         if self._cache is None:
             raise no_cache_error(self)
-        x, w, has_bias, (ph, pw), y, arg = self._cache        # as the forward saw them
+        xps, x_shape, w, has_bias, (ph, pw), y, arg = self._cache   # as the forward saw them
         check_grad(self, grad_out, y.shape, w.dtype)
         self._cache = None                 # each forward serves one backward
         (N, F), (kh, kw) = y.shape[:2], w.shape[2:]
         w2 = w.reshape(F, -1)                                  # (F, K)
-        S = chunk_size(x.shape[2], x.shape[3], kh, kw, ph, pw)
+        S = chunk_size(x_shape[2], x_shape[3], kh, kw, ph, pw)
         dw_c = np.empty((-(-N // S), F, w2.shape[1]), dtype=w.dtype)   # one per chunk
         db_n = np.empty((N, F), dtype=w.dtype)                         # one per sample
-        grad_in = np.empty(x.shape if need_grad_in else (0, *x.shape[1:]), dtype=x.dtype)
-        conv_relu_pool_backward(x, w2, np.ascontiguousarray(w2.T), kh, kw, ph, pw, S,
+        grad_in = np.empty(x_shape if need_grad_in else (0, *x_shape[1:]), dtype=w.dtype)
+        conv_relu_pool_backward(xps, w2, np.ascontiguousarray(w2.T), kh, kw, ph, pw, S,
                                 np.ascontiguousarray(grad_out), y, arg, dw_c, db_n,
                                 grad_in, need_grad_in)
         # sum the partial gradients in chunk order: the same result for any thread count

@@ -6,7 +6,8 @@ plain im2col / max-pool references) over many geometries, in float32.
 import numpy as np
 import pytest
 
-from npnet.kernels.fused import chunk_size, conv_relu_pool_backward, conv_relu_pool_forward
+from npnet.kernels.fused import (chunk_size, conv_relu_pool_backward, conv_relu_pool_forward,
+                                 padded_shape)
 from npnet.kernels.reference import conv_relu_pool_backward_ref, conv_relu_pool_forward_ref
 
 # (N, C, F, H, W, kh, kw, ph, pw)
@@ -36,8 +37,9 @@ def _forward(x, weight, bias, ph, pw, S=1):
     OH, OW = x.shape[2] + 2 * ph - kh + 1, x.shape[3] + 2 * pw - kw + 1
     y = np.full((N, F, OH // 2, OW // 2), np.nan, dtype=np.float32)
     arg = np.full(y.shape, -1, dtype=np.int8)
-    conv_relu_pool_forward(x, weight.reshape(F, -1), bias, kh, kw, ph, pw, S, y, arg)
-    return y, arg
+    xps = np.full(padded_shape(x.shape, ph, pw, S), np.nan, dtype=np.float32)  # all set
+    conv_relu_pool_forward(x, weight.reshape(F, -1), bias, kh, kw, ph, pw, S, y, arg, xps)
+    return y, arg, xps
 
 
 @pytest.mark.parametrize("geom", GEOMETRIES.values(), ids=GEOMETRIES.keys())
@@ -45,7 +47,7 @@ def _forward(x, weight, bias, ph, pw, S=1):
 def test_forward_matches_reference(geom, S):
     x, weight, bias = _draw(np.random.default_rng(0), *geom)
     ph, pw = geom[7], geom[8]
-    y, arg = _forward(x, weight, bias, ph, pw, S)
+    y, arg, _ = _forward(x, weight, bias, ph, pw, S)
     y_ref, arg_ref = conv_relu_pool_forward_ref(x, weight, bias, ph, pw)
     assert y.dtype == np.float32 and arg.dtype == np.int8
     np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-6)
@@ -63,14 +65,14 @@ def test_backward_matches_reference(geom, S, need_grad_in):
     x, weight, bias = _draw(rng, *geom)
     ph, pw = geom[7], geom[8]
     N, F, K = x.shape[0], weight.shape[0], weight[0].size
-    y, arg = _forward(x, weight, bias, ph, pw, S)
+    y, arg, xps = _forward(x, weight, bias, ph, pw, S)
     grad_out = rng.standard_normal(y.shape).astype(np.float32)
     chunks = -(-N // S)
     dw_c = np.full((chunks, F, K), np.nan, dtype=np.float32)
     db_n = np.full((N, F), np.nan, dtype=np.float32)
-    grad_in = np.full(x.shape, 7.0, dtype=np.float32)
+    grad_in = np.full(x.shape if need_grad_in else (0, *x.shape[1:]), 7.0, dtype=np.float32)
     w2 = weight.reshape(F, K)
-    conv_relu_pool_backward(x, w2, np.ascontiguousarray(w2.T), *geom[5:9], S, grad_out, y,
+    conv_relu_pool_backward(xps, w2, np.ascontiguousarray(w2.T), *geom[5:9], S, grad_out, y,
                             arg, dw_c, db_n, grad_in, need_grad_in)
     dw_ref, db_ref, gin_ref = conv_relu_pool_backward_ref(x, weight, ph, pw, grad_out, y, arg)
     # one weight gradient per chunk of S samples: the reference's per-sample ones summed
@@ -79,8 +81,23 @@ def test_backward_matches_reference(geom, S, need_grad_in):
     np.testing.assert_allclose(db_n, db_ref, rtol=1e-4, atol=1e-5)
     if need_grad_in:
         np.testing.assert_allclose(grad_in, gin_ref, rtol=1e-4, atol=1e-5)
-    else:
-        assert (grad_in == 7.0).all()      # untouched
+
+
+@pytest.mark.parametrize("geom", GEOMETRIES.values(), ids=GEOMETRIES.keys())
+@pytest.mark.parametrize("S", CHUNKS, ids=[f"S{s}" for s in CHUNKS])
+def test_the_padded_chunks_are_the_input_zero_padded_side_by_side(geom, S):
+    """What the forward keeps for the backward instead of x: row c of xps is chunk c's
+    samples, each zero-padded to (H + 2ph, Wq) with Wq = W + 2pw rounded up to even, laid
+    side by side in every plane; a last, shorter chunk fills the start of its row."""
+    x, weight, bias = _draw(np.random.default_rng(3), *geom)
+    (N, C, H, W), ph, pw = x.shape, geom[7], geom[8]
+    _, _, xps = _forward(x, weight, bias, ph, pw, S)
+    Wq = W + 2 * pw + (W + 2 * pw) % 2
+    padded = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, Wq - W - pw)))     # (N, C, Hp, Wq)
+    for c in range(-(-N // S)):
+        part = padded[c * S:(c + 1) * S]                                   # (Sc, C, Hp, Wq)
+        want = part.transpose(1, 2, 0, 3).reshape(-1)                      # (C, Hp, Sc*Wq)
+        np.testing.assert_array_equal(xps[c, :want.size], want)
 
 
 def test_ties_go_to_the_first_maximum_and_nan_wins():
@@ -90,7 +107,7 @@ def test_ties_go_to_the_first_maximum_and_nan_wins():
                     [np.nan, 5, 4, 4],
                     [9, 9, 4, 4]]]], dtype=np.float32)
     weight = np.ones((1, 1, 1, 1), dtype=np.float32)
-    y, arg = _forward(x, weight, np.zeros(1, np.float32), 0, 0)
+    y, arg, _ = _forward(x, weight, np.zeros(1, np.float32), 0, 0)
     np.testing.assert_array_equal(y[0, 0], [[3, 0], [np.nan, 4]])
     np.testing.assert_array_equal(arg[0, 0, 0, 0], 1)         # 3 at (0,1) before (1,0)
     np.testing.assert_array_equal(arg[0, 0, 1], [0, 0])        # NaN wins; 4s: the first
@@ -115,14 +132,14 @@ def test_results_do_not_depend_on_the_thread_count():
     try:
         for threads in sorted({1, numba.config.NUMBA_NUM_THREADS}):
             numba.set_num_threads(threads)
-            y, arg = _forward(x, weight, bias, 0, 0, S=4)
+            y, arg, xps = _forward(x, weight, bias, 0, 0, S=4)
             g = np.linspace(-1, 1, y.size, dtype=np.float32).reshape(y.shape)
             dw_c = np.empty((3, 16, 150), np.float32)
             db_n = np.empty((9, 16), np.float32)
             gin = np.empty_like(x)
-            conv_relu_pool_backward(x, w2, np.ascontiguousarray(w2.T), 5, 5, 0, 0, 4, g, y,
+            conv_relu_pool_backward(xps, w2, np.ascontiguousarray(w2.T), 5, 5, 0, 0, 4, g, y,
                                     arg, dw_c, db_n, gin, True)
-            runs.append((y, dw_c, db_n, gin))
+            runs.append((y, xps, dw_c, db_n, gin))
     finally:
         numba.set_num_threads(old)
     for a, b in zip(runs[0], runs[-1]):
