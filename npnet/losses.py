@@ -12,6 +12,7 @@ torch's defaults (``reduction='mean'``).
 from __future__ import annotations
 
 import numpy as np
+from numba import njit
 
 __all__ = ["CrossEntropyLoss", "MSELoss"]
 
@@ -54,16 +55,14 @@ class CrossEntropyLoss:
 
     def forward(self, logits: np.ndarray, targets: np.ndarray) -> float:
         targets = self._check(logits, targets)
-        n = logits.shape[0]
-        # (N, C) - (N, 1) -> (N, C): shift so the largest score of each row is 0
-        shifted = logits - logits.max(axis=1, keepdims=True)
-        # (N, C) -> (N, 1): log of the softmax denominator of the shifted scores
-        log_sum_exp = np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-        log_probs = shifted - log_sum_exp                      # (N, C) log-softmax
-        picked = log_probs[np.arange(n), targets]              # (N,) log p(true class)
-        self._probs = np.exp(log_probs)                        # (N, C), kept for backward
-        self._targets = targets
-        return float(-picked.mean())
+        logits = np.asarray(logits)          # a plain array (a model's output is a Tensor)
+        probs = np.empty(logits.shape, dtype=logits.dtype)    # (N, C), kept for backward
+        loss, bad = _cross_entropy(logits, targets, probs)
+        if bad >= 0:
+            raise ValueError(f"CrossEntropyLoss: target label {targets[bad]} is outside [0, C) "
+                             f"with C={logits.shape[1]} classes")
+        self._probs, self._targets = probs, targets
+        return loss
 
     def backward(self) -> np.ndarray:
         if self._probs is None:
@@ -100,16 +99,40 @@ class CrossEntropyLoss:
             raise ValueError(
                 f"{name}: expected integer class labels as targets, got dtype {targets.dtype}"
             )
-        bad = (targets < 0) | (targets >= c)
-        if bad.any():
-            label = targets[np.argmax(bad)]
-            raise ValueError(
-                f"{name}: target label {label} is outside [0, C) with C={c} classes"
-            )
-        return targets
+        return targets                       # labels outside [0, C): _cross_entropy says
 
     def __repr__(self) -> str:
         return "CrossEntropyLoss()"
+
+
+@njit(cache=True, nogil=True)
+def _cross_entropy(logits, targets, probs):
+    """The formula above, one row at a time, in the logits' dtype.
+
+    Row n: m = max_c x[n, c]; log_sum_exp = log(sum_c exp(x[n, c] - m)) (the shift: no
+    exponential overflows); log_probs = x[n] - m - log_sum_exp; probs[n] = exp(log_probs),
+    kept for backward (torch differentiates the same way: exp of the log-softmax).  Returns
+    the mean of -log_probs[n, y_n] (summed in float64) and -1, or, for a label outside
+    [0, C), 0 and that label's index n.
+    """
+    N, C = logits.shape
+    total = 0.0
+    for n in range(N):
+        y = targets[n]
+        if y < 0 or y >= C:
+            return 0.0, n
+        row, p = logits[n], probs[n]
+        m = row[0]
+        for c in range(1, C):
+            m = max(m, row[c])              # a NaN is skipped here, but makes s NaN below
+        s = row.dtype.type(0)
+        for c in range(C):
+            s += np.exp(row[c] - m)
+        log_sum_exp = np.log(s)
+        for c in range(C):
+            p[c] = np.exp((row[c] - m) - log_sum_exp)
+        total -= (row[y] - m) - log_sum_exp
+    return total / N, -1
 
 
 class MSELoss:
@@ -136,6 +159,7 @@ class MSELoss:
 
     def forward(self, pred: np.ndarray, target: np.ndarray) -> float:
         _check_float_array("MSELoss", "pred", pred)
+        pred = np.asarray(pred)              # a plain array (a model's output is a Tensor)
         target = np.asarray(target, dtype=pred.dtype)
         if target.shape != pred.shape:
             raise ValueError(

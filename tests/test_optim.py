@@ -115,6 +115,30 @@ def test_step_updates_in_place_and_leaves_grads(np_cls, kwargs):
         np.testing.assert_array_equal(p.grad, g)             # weight decay did not leak in
 
 
+@pytest.mark.parametrize("name", sorted(SGD_CONFIGS))
+def test_sgd_on_strided_arrays_equals_sgd_on_contiguous_ones(name):
+    """A parameter, gradient or loaded momentum buffer that is a strided view (a
+    transpose) gets the same update, bit for bit, written into its own memory."""
+    rng = np.random.default_rng(5)
+    w, gs = rng.standard_normal((5, 3)), rng.standard_normal((3, 3, 5))
+    results = []
+    for strided in (False, True):
+        data = np.array(w).T if strided else np.ascontiguousarray(w.T)    # (3, 5) both ways
+        grad = np.zeros((5, 3)).T if strided else np.zeros((3, 5))
+        assert data.flags.c_contiguous != strided and grad.flags.c_contiguous != strided
+        opt = optim.SGD([(data, grad)], **SGD_CONFIGS[name])
+        for step in range(3):
+            grad[...] = gs[step]
+            opt.step()
+            if step == 0 and strided and opt.state[0]["momentum_buffer"] is not None:
+                state = opt.state_dict()                 # reload the buffer as a transpose
+                buf = state["state"]["0"]["momentum_buffer"]
+                state["state"]["0"]["momentum_buffer"] = np.asfortranarray(buf)
+                opt.load_state_dict(state)
+        results.append(data)
+    np.testing.assert_array_equal(results[0], results[1])
+
+
 def test_accepts_a_generator_and_plain_pairs():
     params = make_params()
     opt = optim.SGD(((p.data, p.grad) for p in params), lr=0.1)
