@@ -90,6 +90,7 @@ class Tape:
         self.out_sources = None          # the source of each output array
         self.out_single = True           # the forward returned one array, not a tuple
         self.problems: list[str] = []    # inputs no recorded call made: refused at backward
+        self.fused: list[Call] = []      # the calls npnet/fusion.py ran fused
         self.scopes = {}                 # call index -> backward hooks of a model to fire
         self._buffer_ids = None
 
@@ -243,15 +244,26 @@ def _top_model(module, args, kwargs):
     return out
 
 
+def _rules():
+    """npnet/fusion.py's RULES (imported at first use: fusion is built on the layers, which
+    are built on this file)."""
+    global _RULES
+    if _RULES is None:
+        from .fusion import RULES
+        _RULES = RULES
+    return _RULES
+
+
+_RULES = None
+
+
 class _Forward:
     """The state of one top-level forward: its tape (None in eval mode) and the values
     whose computation was deferred (npnet/fusion.py)."""
     __slots__ = ("tape", "deferred", "rules")
 
     def __init__(self, tape):
-        # imported here, not at the top: fusion is built on the layers, built on this file
-        from .fusion import RULES
-        self.tape, self.deferred, self.rules = tape, [], RULES
+        self.tape, self.deferred, self.rules = tape, [], _rules()
 
     def layer(self, module, args, kwargs):
         """A layer called inside the forward (Module.__call__)."""
@@ -305,7 +317,7 @@ class _Forward:
                 self._check_kwargs(module, kwargs)
             owners = []
             if saved is not None:
-                saved = _protect(saved, _externals(module, args, sources), owners)
+                saved = _keep(saved, module, args, sources, owners)
             c = Call(module, saved, sources, y.shape, y.dtype, tape, label)
             c.owners = owners
             tape.calls.append(c)
@@ -426,22 +438,53 @@ def _externals(module, args, sources):
     for i, a in enumerate(args):
         if isinstance(a, np.ndarray) and (sources is None or type(sources[i]) is not Call):
             ext.add(id(_owner(a)))
-    d = module.__dict__
-    if d["params"] or d["_buffers"] or d["_modules"]:
-        _add_state_owners(module, ext)
+    _add_state_owners(module.__dict__, ext)
     return ext
 
 
-def _add_state_owners(module, out: set):
-    d = module.__dict__
+def _add_state_owners(d, out: set):
+    """Add the owners of a module's parameters and buffers (and its children's) to out."""
     for p in d["params"].values():
-        out.add(id(_owner(p)))
-    for b in d["_buffers"].values():
-        if b is not None:
-            out.add(id(_owner(b)))
-    for child in d["_modules"].values():
-        if child is not None:
-            _add_state_owners(child, out)
+        out.add(id(p) if p.base is None else id(_owner(p)))
+    if d["_buffers"]:
+        for b in d["_buffers"].values():
+            if b is not None:
+                out.add(id(_owner(b)))
+    if d["_modules"]:
+        for child in d["_modules"].values():
+            if child is not None:
+                _add_state_owners(child.__dict__, out)
+
+
+_PLAIN = (int, float, bool, str, type(None), np.dtype, np.float32, np.float64, np.int64)
+
+
+def _keep(saved, module, args, sources, owners: list):
+    """``_protect(saved, _externals(module, args, sources), owners)``, written out for the
+    usual cache, a flat tuple of arrays and numbers: it runs at every recorded call."""
+    if type(saved) is not tuple:
+        return _protect(saved, _externals(module, args, sources), owners)
+    external = _externals(module, args, sources)
+    out = None
+    for i, v in enumerate(saved):
+        if isinstance(v, np.ndarray):
+            b = v.base
+            o = id(v) if b is None else id(_owner(v))
+            if o in external:
+                v = v.copy()
+                o = id(v)
+            owners.append(o)
+        elif type(v) in _PLAIN:
+            continue
+        elif type(v) is tuple and all(type(e) in _PLAIN for e in v):
+            continue                          # a shape, a stride: nothing to protect
+        else:
+            v = _protect(v, external, owners)
+        if v is not saved[i]:
+            if out is None:
+                out = list(saved)
+            out[i] = v
+    return saved if out is None else tuple(out)
 
 
 def _protect(saved, external: set, owners: list):
@@ -456,15 +499,18 @@ def _protect(saved, external: set, owners: list):
         owners.append(o)
         return saved
     t = type(saved)
+    if t in _PLAIN or isinstance(saved, _PLAIN):
+        return saved
     if t is tuple or t is list:
         out = None
         for i, v in enumerate(saved):
-            if isinstance(v, (np.ndarray, tuple, list, dict)):
-                w = _protect(v, external, owners)
-                if w is not v:
-                    if out is None:
-                        out = list(saved)
-                    out[i] = w
+            if type(v) in _PLAIN or (type(v) is tuple and all(type(e) in _PLAIN for e in v)):
+                continue                  # a number, a shape, a stride: nothing to protect
+            w = _protect(v, external, owners)
+            if w is not v:
+                if out is None:
+                    out = list(saved)
+                out[i] = w
         if out is None:
             return saved
         return tuple(out) if t is tuple else out
@@ -561,8 +607,8 @@ def backward(model, grad_out, need_grad_in=True):
                            "not model.forward(x))")
     if tape.problems:                       # refused before any gradient changes
         raise ValueError(tape.problems[0])
-    for c in tape.calls:                    # a hook the fused kernel would not call
-        for m in getattr(c.module, "stands_for", ()):
+    for c in tape.fused:                    # a hook the fused kernel would not call
+        for m in c.module.stands_for:
             if m._backward_hooks:
                 raise RuntimeError(
                     f"{name}.backward: a backward hook was registered on {tape.name(m)} "

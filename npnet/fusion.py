@@ -98,7 +98,10 @@ def _pool(fwd, pool, args):
     conv, x, geometry = d.pending[1], d.pending[2], d.pending[3]
     if _geometry(conv) != geometry or not ConvReLUMaxPool2d.fits(conv, relu, pool):
         return NotImplemented
-    return fwd.run(_fused(conv, relu, pool), (x,))
+    out = fwd.run(_fused(conv, relu, pool), (x,))
+    if fwd.tape is not None:
+        fwd.tape.fused.append(out._src)
+    return out
 
 
 def _fused(conv, relu, pool) -> ConvReLUMaxPool2d:

@@ -9,7 +9,7 @@
   ``x.view(x.size(0), -1)``, ``x.size()``, ``x.flatten(1)``, ``x.dim()``, ``x.numel()``.
   ``view``, ``reshape`` and ``flatten`` are recorded like layer calls (their backward
   reshapes the gradient back), so they may sit between layers.  (They are npnet.nn.functional's
-  reshape and flatten, imported inside the methods: that module is built on this one.)
+  reshape and flatten, imported at first use: that module is built on this one.)
 
 ``Deferred`` is a value npnet has not computed yet (a convolution whose next call decides
 whether it runs fused, ``npnet/fusion.py``; the gradient of a model's input, which training
@@ -17,6 +17,8 @@ never reads).  It has ``shape`` and ``dtype`` at once, and becomes its array the
 anything reads it: ``np.asarray(d)``, arithmetic, indexing, printing, any layer.
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 from numpy.lib.mixins import NDArrayOperatorsMixin
@@ -41,6 +43,18 @@ def _shape_args(args) -> tuple:
     if len(args) == 1 and isinstance(args[0], (tuple, list)):
         args = tuple(args[0])
     return tuple(args)
+
+
+def _functional():
+    """npnet.nn.functional (imported at first use: it is built on this module)."""
+    global _F
+    if _F is None:
+        from .nn import functional
+        _F = functional
+    return _F
+
+
+_F = None
 
 
 def _ints(args) -> bool:
@@ -68,28 +82,24 @@ class Tensor(np.ndarray):
         shape = _shape_args(args)
         if kwargs or not _ints(shape):
             return np.ndarray.view(self, *args, **kwargs)
-        from .nn.functional import reshape
-        return reshape(self, shape, view=True)
+        return _functional().reshape(self, shape, view=True)
 
     def reshape(self, *args, **kwargs):
         shape = _shape_args(args)
         if kwargs or not _ints(shape):
             return np.ndarray.reshape(self, *args, **kwargs)
-        from .nn.functional import reshape
-        return reshape(self, shape)
+        return _functional().reshape(self, shape)
 
     def flatten(self, *args, **kwargs):
         """torch's ``flatten(start_dim=0, end_dim=-1)`` when given dimensions; NumPy's
         ``flatten(order)`` (a copy) otherwise."""
         if args and _ints(args) and len(args) <= 2 or kwargs.keys() & {"start_dim", "end_dim"}:
-            from .nn.functional import flatten
-            return flatten(self, *args, **kwargs)
+            return _functional().flatten(self, *args, **kwargs)
         return np.ndarray.flatten(self, *args, **kwargs)
 
     def detach(self):
         """The same values, cut from the record: no gradient flows back through it."""
-        from .nn.functional import detach
-        return detach(self)
+        return _functional().detach(self)
 
     def numpy(self) -> np.ndarray:
         """The plain ndarray (a view: no copy)."""
@@ -139,13 +149,13 @@ class Deferred(NDArrayOperatorsMixin):
 
     @property
     def size(self):
-        return _Size(int(np.prod(self.shape, dtype=np.int64)), self.shape)
+        return _Size(math.prod(self.shape), self.shape)
 
     def dim(self) -> int:
         return len(self.shape)
 
     def numel(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
+        return math.prod(self.shape)
 
     def __len__(self) -> int:
         if not self.shape:

@@ -4,12 +4,14 @@ No arithmetic, so the local derivative is the identity: only the shape changes.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .base import Module, check_array, check_grad, no_cache_error
 
 
-def flat_shape(shape: tuple, start_dim: int, end_dim: int, who: str) -> tuple:
+def flat_shape(shape: tuple, start_dim: int, end_dim: int, who) -> tuple:
     """``shape`` with dimensions start_dim..end_dim (negative counts from the end) merged;
     a 0-d input becomes (1,), as torch.flatten makes it."""
     nd = len(shape)
@@ -18,15 +20,14 @@ def flat_shape(shape: tuple, start_dim: int, end_dim: int, who: str) -> tuple:
     need = max(start_dim + 1 if start_dim >= 0 else -start_dim,
                end_dim + 1 if end_dim >= 0 else -end_dim)
     if nd < need:
-        raise ValueError(f"{who}: expected an input of at least {need} dimensions to flatten "
+        raise ValueError(f"{who!r}: expected an input of at least {need} dimensions to flatten "
                          f"dimensions {start_dim}..{end_dim}, got shape {tuple(shape)}")
     s = start_dim + nd if start_dim < 0 else start_dim
     e = end_dim + nd if end_dim < 0 else end_dim
     if s > e:
-        raise ValueError(f"{who}: start_dim {start_dim} comes after end_dim {end_dim} for an "
+        raise ValueError(f"{who!r}: start_dim {start_dim} comes after end_dim {end_dim} for an "
                          f"input of shape {tuple(shape)}")
-    return tuple(shape[:s]) + (int(np.prod(shape[s:e + 1], dtype=np.int64)),) \
-        + tuple(shape[e + 1:])
+    return tuple(shape[:s]) + (math.prod(shape[s:e + 1]),) + tuple(shape[e + 1:])
 
 
 class Flatten(Module):
@@ -45,7 +46,7 @@ class Flatten(Module):
             raise ValueError(f"{self!r}: expected an array of at least 2 dimensions "
                              f"(N, ...), got {type(x).__name__}")
         check_array(self, x, x.ndim)       # float32 or float64, like every layer
-        shape = flat_shape(x.shape, self.start_dim, self.end_dim, repr(self))
+        shape = flat_shape(x.shape, self.start_dim, self.end_dim, self)
         self._cache = (x.shape, x.dtype, shape) if self.training else None
         return x.reshape(shape)
 
