@@ -438,7 +438,11 @@ def _externals(module, args, sources):
     for i, a in enumerate(args):
         if isinstance(a, np.ndarray) and (sources is None or type(sources[i]) is not Call):
             ext.add(id(_owner(a)))
-    _add_state_owners(module.__dict__, ext)
+    d = module.__dict__
+    for p in d["params"].values():                 # a layer's own, written out: hot
+        ext.add(id(p) if p.base is None else id(_owner(p)))
+    if d["_buffers"] or d["_modules"]:
+        _add_state_owners(d, ext)
     return ext
 
 
@@ -461,29 +465,31 @@ _PLAIN = (int, float, bool, str, type(None), np.dtype, np.float32, np.float64, n
 
 def _keep(saved, module, args, sources, owners: list):
     """``_protect(saved, _externals(module, args, sources), owners)``, written out for the
-    usual cache, a flat tuple of arrays and numbers: it runs at every recorded call."""
+    usual cache, a flat tuple of arrays, numbers and shapes: it runs at every recorded
+    call, between kernels, where every line of Python is slow."""
     if type(saved) is not tuple:
         return _protect(saved, _externals(module, args, sources), owners)
-    external = _externals(module, args, sources)
-    out = None
+    arrays = []                                # (position, array, id of its owner)
     for i, v in enumerate(saved):
         if isinstance(v, np.ndarray):
-            b = v.base
-            o = id(v) if b is None else id(_owner(v))
-            if o in external:
-                v = v.copy()
-                o = id(v)
-            owners.append(o)
-        elif type(v) in _PLAIN:
-            continue
-        elif type(v) is tuple and all(type(e) in _PLAIN for e in v):
-            continue                          # a shape, a stride: nothing to protect
-        else:
-            v = _protect(v, external, owners)
-        if v is not saved[i]:
+            arrays.append((i, v, id(v) if v.base is None else id(_owner(v))))
+        elif type(v) is tuple:
+            for e in v:
+                if type(e) not in _PLAIN:      # not a shape or a stride: the general walk
+                    return _protect(saved, _externals(module, args, sources), owners)
+        elif not isinstance(v, _PLAIN):
+            return _protect(saved, _externals(module, args, sources), owners)
+    if not arrays:
+        return saved
+    external = _externals(module, args, sources)
+    out = None
+    for i, v, o in arrays:
+        if o in external:
             if out is None:
                 out = list(saved)
-            out[i] = v
+            out[i] = v = v.copy()
+            o = id(v)
+        owners.append(o)
     return saved if out is None else tuple(out)
 
 

@@ -64,6 +64,8 @@ def _conv(fwd, conv, args):
     if not isinstance(x, np.ndarray) or x.ndim != 4 or x.dtype != conv.params["weight"].dtype:
         return NotImplemented              # the layer's own forward says what is wrong
     shape = conv.output_shape(x.shape)     # a bad input fails here, at the call
+    if shape[2] < 2 or shape[3] < 2:
+        return NotImplemented              # no 2x2 window fits: nothing to wait for
     geometry = _geometry(conv)
 
     def compute():

@@ -297,19 +297,19 @@ def conv_relu_pool_forward(x, w2, b, kh, kw, ph, pw, S, y, arg, xps):
 
 
 @njit(cache=True, parallel=True, nogil=True, fastmath=_FM)
-def conv_relu_pool_backward(xps, w2, w2t, kh, kw, ph, pw, S, grad_out, y, arg, dw_c, db_n,
+def conv_relu_pool_backward(xps, w2t, kh, kw, ph, pw, S, grad_out, y, arg, dw_c, db_n,
                             grad_in, need_grad_in):
     """Gradients of conv_relu_pool_forward, per chunk of S samples.
 
     xps: the padded chunks the forward wrote.  grad_out, y, arg (N, F, PH, PW) -> dw_c
     (ceil(N/S), F, K), one weight gradient per chunk, and db_n (N, F), which the caller
     sums in order; if need_grad_in, grad_in (N, C, H, W) is overwritten with dL/dx (else
-    it is (0, C, H, W): its shape still gives the input's).  w2t is w2.T as a contiguous
-    (K, F) array.
+    it is (0, C, H, W): its shape still gives the input's).  w2t is the forward's w2.T, a
+    contiguous (K, F) array.
     """
     N = y.shape[0]
     C, H, W = grad_in.shape[1], grad_in.shape[2], grad_in.shape[3]
-    F = w2.shape[0]
+    F = w2t.shape[1]
     Hp, Wq = H + 2 * ph, _width(W, pw)
     OH, OW = out_size(H, kh, 1, ph), out_size(W, kw, 1, pw)
     PH, PW = y.shape[2], y.shape[3]

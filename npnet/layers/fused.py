@@ -100,8 +100,10 @@ class ConvReLUMaxPool2d(Module):
         S = chunk_size(x.shape[2], x.shape[3], kh, kw, ph, pw)    # samples per task
         xps = np.empty(padded_shape(x.shape, ph, pw, S), dtype=x.dtype)  # x, padded
         conv_relu_pool_forward(x, w2, b, kh, kw, ph, pw, S, y, arg, xps)
-        # backward reads the padded copy the kernel wrote, not x
-        self._cache = (xps, x.shape, w, has_bias, (ph, pw), y, arg) if self.training else None
+        # backward reads the padded copy the kernel wrote, not x, and W as it is now (W.T,
+        # the layout dL/dx's product reads, made here: a copy the caller cannot change)
+        self._cache = (xps, x.shape, np.ascontiguousarray(w2.T), w.shape, has_bias, (ph, pw),
+                       y, arg) if self.training else None
         return y
 
     def backward(self, grad_out, need_grad_in=True):
@@ -109,20 +111,18 @@ class ConvReLUMaxPool2d(Module):
         grads.  ``need_grad_in=False`` skips dL/dx and returns None."""
         if self._cache is None:
             raise no_cache_error(self)
-        xps, x_shape, w, has_bias, (ph, pw), y, arg = self._cache   # as the forward saw them
-        check_grad(self, grad_out, y.shape, w.dtype)
+        xps, x_shape, w2t, w_shape, has_bias, (ph, pw), y, arg = self._cache  # as forward saw
+        check_grad(self, grad_out, y.shape, w2t.dtype)
         self._cache = None                 # each forward serves one backward
-        (N, F), (kh, kw) = y.shape[:2], w.shape[2:]
-        w2 = w.reshape(F, -1)                                  # (F, K)
+        (N, F), (kh, kw) = y.shape[:2], w_shape[2:]
         S = chunk_size(x_shape[2], x_shape[3], kh, kw, ph, pw)
-        dw_c = np.empty((-(-N // S), F, w2.shape[1]), dtype=w.dtype)   # one per chunk
-        db_n = np.empty((N, F), dtype=w.dtype)                         # one per sample
-        grad_in = np.empty(x_shape if need_grad_in else (0, *x_shape[1:]), dtype=w.dtype)
-        conv_relu_pool_backward(xps, w2, np.ascontiguousarray(w2.T), kh, kw, ph, pw, S,
-                                np.ascontiguousarray(grad_out), y, arg, dw_c, db_n,
-                                grad_in, need_grad_in)
+        dw_c = np.empty((-(-N // S), F, w2t.shape[0]), dtype=w2t.dtype)   # one per chunk
+        db_n = np.empty((N, F), dtype=w2t.dtype)                          # one per sample
+        grad_in = np.empty(x_shape if need_grad_in else (0, *x_shape[1:]), dtype=w2t.dtype)
+        conv_relu_pool_backward(xps, w2t, kh, kw, ph, pw, S, np.ascontiguousarray(grad_out), y,
+                                arg, dw_c, db_n, grad_in, need_grad_in)
         # sum the partial gradients in chunk order: the same result for any thread count
-        add_grad(self.conv, "weight", dw_c.sum(axis=0).reshape(w.shape))
+        add_grad(self.conv, "weight", dw_c.sum(axis=0).reshape(w_shape))
         if has_bias:
             add_grad(self.conv, "bias", db_n.sum(axis=0))
         return grad_in if need_grad_in else None

@@ -72,7 +72,7 @@ def test_backward_matches_reference(geom, S, need_grad_in):
     db_n = np.full((N, F), np.nan, dtype=np.float32)
     grad_in = np.full(x.shape if need_grad_in else (0, *x.shape[1:]), 7.0, dtype=np.float32)
     w2 = weight.reshape(F, K)
-    conv_relu_pool_backward(xps, w2, np.ascontiguousarray(w2.T), *geom[5:9], S, grad_out, y,
+    conv_relu_pool_backward(xps, np.ascontiguousarray(w2.T), *geom[5:9], S, grad_out, y,
                             arg, dw_c, db_n, grad_in, need_grad_in)
     dw_ref, db_ref, gin_ref = conv_relu_pool_backward_ref(x, weight, ph, pw, grad_out, y, arg)
     # one weight gradient per chunk of S samples: the reference's per-sample ones summed
@@ -137,7 +137,7 @@ def test_results_do_not_depend_on_the_thread_count():
             dw_c = np.empty((3, 16, 150), np.float32)
             db_n = np.empty((9, 16), np.float32)
             gin = np.empty_like(x)
-            conv_relu_pool_backward(xps, w2, np.ascontiguousarray(w2.T), 5, 5, 0, 0, 4, g, y,
+            conv_relu_pool_backward(xps, np.ascontiguousarray(w2.T), 5, 5, 0, 0, 4, g, y,
                                     arg, dw_c, db_n, gin, True)
             runs.append((y, xps, dw_c, db_n, gin))
     finally:
