@@ -77,12 +77,20 @@ def _conv(fwd, conv, args):
                               about=lambda: f"the output of {conv!r}, computed when next used"))
 
 
+def _waiting(args, kind) -> bool:
+    """Is the call's one input a value still deferred by the rule for ``kind``?"""
+    if len(args) != 1:
+        return False
+    d = args[0]
+    return (type(d) is Deferred and not d.computed and d.pending is not None
+            and d.pending[0] == kind)
+
+
 def _relu(fwd, relu, args):
     """A ReLU of a deferred conv output: defer too, a 2x2 max-pool may follow."""
-    d = args[0] if len(args) == 1 else None
-    if not (type(d) is Deferred and not d.computed and d.pending is not None
-            and d.pending[0] == "conv" and _as_written(relu)):
+    if not (_waiting(args, "conv") and _as_written(relu)):
         return NotImplemented
+    d = args[0]
     return fwd.defer(Deferred(d.shape, d.dtype, lambda: fwd.run(relu, (d.value(),)),
                               pending=("relu", d, relu),
                               about=lambda: f"ReLU of {d.about}"))
@@ -90,11 +98,9 @@ def _relu(fwd, relu, args):
 
 def _pool(fwd, pool, args):
     """A MaxPool2d of a deferred ReLU of a deferred conv: one fused call, if it fits."""
-    r = args[0] if len(args) == 1 else None
-    if not (type(r) is Deferred and not r.computed and r.pending is not None
-            and r.pending[0] == "relu" and _as_written(pool)):
+    if not (_waiting(args, "relu") and _as_written(pool)):
         return NotImplemented
-    d, relu = r.pending[1], r.pending[2]
+    d, relu = args[0].pending[1], args[0].pending[2]
     if d.computed:
         return NotImplemented
     conv, x, geometry = d.pending[1], d.pending[2], d.pending[3]
