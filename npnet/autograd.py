@@ -317,7 +317,7 @@ class _Forward:
                 self._check_kwargs(module, kwargs)
             owners = []
             if saved is not None:
-                saved = _keep(saved, module, args, sources, owners)
+                saved = _protect(saved, _externals(module, args, sources), owners)
             c = Call(module, saved, sources, y.shape, y.dtype, tape, label)
             c.owners = owners
             tape.calls.append(c)
@@ -463,56 +463,38 @@ def _add_state_owners(d, out: set):
 _PLAIN = (int, float, bool, str, type(None), np.dtype, np.float32, np.float64, np.int64)
 
 
-def _keep(saved, module, args, sources, owners: list):
-    """``_protect(saved, _externals(module, args, sources), owners)``, written out for the
-    usual cache, a flat tuple of arrays, numbers and shapes: it runs at every recorded
-    call, between kernels, where every line of Python is slow."""
-    if type(saved) is not tuple:
-        return _protect(saved, _externals(module, args, sources), owners)
-    arrays = []                                # (position, array, id of its owner)
-    for i, v in enumerate(saved):
-        if isinstance(v, np.ndarray):
-            arrays.append((i, v, id(v) if v.base is None else id(_owner(v))))
-        elif type(v) is tuple:
-            for e in v:
-                if type(e) not in _PLAIN:      # not a shape or a stride: the general walk
-                    return _protect(saved, _externals(module, args, sources), owners)
-        elif not isinstance(v, _PLAIN):
-            return _protect(saved, _externals(module, args, sources), owners)
-    if not arrays:
-        return saved
-    external = _externals(module, args, sources)
-    out = None
-    for i, v, o in arrays:
-        if o in external:
-            if out is None:
-                out = list(saved)
-            out[i] = v = v.copy()
-            o = id(v)
-        owners.append(o)
-    return saved if out is None else tuple(out)
+def _numbers(t: tuple) -> bool:
+    """A tuple of numbers (a shape, a stride).  A loop, not all(...): it runs at every
+    recorded call, and a generator costs more than the test."""
+    for e in t:
+        if type(e) not in _PLAIN:
+            return False
+    return True
 
 
 def _protect(saved, external: set, owners: list):
     """``saved`` with every array whose memory is in ``external`` (ids of owners) copied:
     what a call keeps for its backward must not change when the caller writes.  The ids
     of the owners of the arrays kept are appended to ``owners``."""
-    if isinstance(saved, np.ndarray):
-        o = id(_owner(saved))
-        if o in external:
-            saved = saved.copy()
-            o = id(saved)
-        owners.append(o)
-        return saved
     t = type(saved)
-    if t in _PLAIN or isinstance(saved, _PLAIN):
-        return saved
-    if t is tuple or t is list:
+    if t is tuple or t is list:                    # the usual cache: written out, it is hot
         out = None
         for i, v in enumerate(saved):
-            if type(v) in _PLAIN or (type(v) is tuple and all(type(e) in _PLAIN for e in v)):
-                continue                  # a number, a shape, a stride: nothing to protect
-            w = _protect(v, external, owners)
+            tv = type(v)
+            if tv in _PLAIN:                           # a number: nothing to protect
+                continue
+            if tv is np.ndarray or isinstance(v, np.ndarray):
+                o = id(v) if v.base is None else id(_owner(v))
+                if o in external:
+                    w = v.copy()
+                    o = id(w)
+                else:
+                    w = v
+                owners.append(o)
+            elif tv is tuple and _numbers(v) or isinstance(v, _PLAIN):
+                continue                               # a shape, a stride, a dtype
+            else:
+                w = _protect(v, external, owners)
             if w is not v:
                 if out is None:
                     out = list(saved)
@@ -520,6 +502,10 @@ def _protect(saved, external: set, owners: list):
         if out is None:
             return saved
         return tuple(out) if t is tuple else out
+    if isinstance(saved, np.ndarray):
+        return _protect((saved,), external, owners)[0]       # as a cache of one
+    if t in _PLAIN or isinstance(saved, _PLAIN):
+        return saved                               # a number, a dtype: nothing to protect
     if isinstance(saved, tuple):                   # a namedtuple
         return t(*(_protect(v, external, owners) for v in saved))
     if isinstance(saved, dict):

@@ -106,11 +106,6 @@ class Tensor(np.ndarray):
         return self.view(np.ndarray)
 
 
-def as_tensor(a: np.ndarray) -> Tensor:
-    """A Tensor view of ``a`` (no copy), carrying no provenance."""
-    return a.view(Tensor)
-
-
 class Deferred(NDArrayOperatorsMixin):
     """A value computed the first time it is read; see the module docstring.
 
