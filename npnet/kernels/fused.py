@@ -5,22 +5,24 @@ each a pass over a batch-sized array in memory.  These kernels do the whole bloc
 a chunk of S samples while its arrays sit in the core's cache, with ``prange`` over the
 chunks: a thread writes only its own chunks' outputs (no races), and the chunks are
 fixed by S, not by the threads, so every value is computed by the same operations
-whatever the thread count.  The S samples are laid side by side (width S*Wp) and go
-through each matmul together: longer rows, faster loops (S from ``chunk_size``).
+whatever the thread count.  The S samples are laid side by side (each padded sample Wq
+wide: W + 2*pw rounded up to even, ``padded_width``) and go through each matmul together:
+longer rows, faster loops (S from ``chunk_size``).
 
-**No im2col.**  Pad the sample into ``xp`` (C, Hp, Wp) and read it as one flat array.
-Compute the output on the padded width ("wide" positions p' = oh*Wp + ow, with
-ow < Wp instead of OW): the receptive-field entry (c, i, j) of position p' is then
-``xp[c*Hp*Wp + i*Wp + j + p']``, so row k = (c, i, j) of the column matrix is the
+**No im2col.**  Pad the samples into ``xp`` (C, Hp, Wc), Wc = S*Wq, and read it as one
+flat array.  Compute the output on the padded width ("wide" positions p' = oh*Wc + ow,
+with ow < Wc instead of OW): the receptive-field entry (c, i, j) of position p' is then
+``xp[c*Hp*Wc + i*Wc + j + p']``, so row k = (c, i, j) of the column matrix is the
 contiguous slice ``xp[off[k] : off[k] + L]`` and the matmul reads it in place::
 
     z[f, p'] = b[f] + sum_k W2[f, k] * xp[off[k] + p']        (F, L)
-    L = (OH - 1)*Wp + OW   (the Wp - OW extra entries per row are never used)
+    L = (OH - 1)*Wc + (S - 1)*Wq + OW   (the extra entries per row are never used)
 
 Forward (one chunk)::   y = maxpool2x2(relu(z))  (F, OH//2, OW//2) + the winner index
 ReLU then max-pool equals max-pool then ReLU: the maximum of relu(z) over a window is
 relu(max z), and its gradient reaches the first maximum of z only when that maximum is
-> 0 (elsewhere relu's derivative is 0).  So only ``y`` and an int8 index are kept.
+> 0 (elsewhere relu's derivative is 0).  So only ``y``, an int8 index and ``xp`` (the
+chunks as padded, written to ``xps`` for the backward) are kept.
 
 Backward (one chunk), with gz (F, L) = dL/dz, nonzero only at winners where y > 0::
 
@@ -374,7 +376,7 @@ def padded_shape(x_shape, ph, pw, S):
 
 def chunk_size(H, W, kh, kw, ph, pw, target=600):
     """Samples per task: as many side by side (1 to 8) as keep a matmul row within
-    ``target`` positions (conv2's rows of 139 go 4 to a task: 556).
+    ``target`` positions (conv2's rows of 136 go 4 to a task: 556).
 
     Long rows keep the vectorised loops efficient (LeNet-5: conv1 1, conv2 4).  Results
     depend on it (it sets which partial sums are formed) but not on the thread count.
