@@ -145,7 +145,7 @@ class Tape:
         def name(m):
             base = names.get(id(m), getattr(type(m), "label", type(m).__name__))
             k = seen[id(m)] = seen.get(id(m), 0) + 1
-            return base if k == 1 or id(m) not in names else f"{base}#{k}"
+            return call_name(base, k) if id(m) in names else base
         out = []
         for c in self.calls:
             covered = getattr(c.module, "stands_for", None)
@@ -173,6 +173,11 @@ class Tape:
         return "\n".join(lines)
 
     __repr__ = __str__
+
+
+def call_name(name: str, k: int) -> str:
+    """The name of the k-th call (from 1) of a layer: 'relu', then 'relu#2', 'relu#3'."""
+    return name if k == 1 else f"{name}#{k}"
 
 
 def tape_of(model):

@@ -36,8 +36,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import autograd
+from .autograd import call_name
 from .module import Module
-from .summary import call_name, layers_of
+from .summary import layers_of
 
 __all__ = ["Record", "Tape", "trace", "named_layers"]
 

@@ -3,10 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-
-def call_name(name: str, k: int) -> str:
-    """The name of the k-th call (from 1) of a layer: 'relu', then 'relu#2', 'relu#3'."""
-    return name if k == 1 else f"{name}#{k}"
+from .autograd import call_name
 
 
 def layers_of(model):
