@@ -197,13 +197,14 @@ def worker_main(kind, threads, init, data):
         out.flush()
 
 
-class Worker:
-    def __init__(self, name, kind, threads, init, data):
+class Process:
+    """A worker process of a benchmark script, asked for one timed call per JSON line."""
+
+    def __init__(self, name, script, args, threads):
         env = dict(os.environ, NPNET_NUM_THREADS=str(threads))
         self.name = name
         self.proc = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), "--worker", kind,
-             "--threads", str(threads), "--init", init, "--data", data],
+            [sys.executable, os.path.abspath(script), *args, "--threads", str(threads)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
 
     def __call__(self, cmd, **kw):
@@ -220,6 +221,12 @@ class Worker:
         except (BrokenPipeError, RuntimeError, json.JSONDecodeError):
             pass
         self.proc.wait(timeout=30)
+
+
+class Worker(Process):
+    def __init__(self, name, kind, threads, init, data):
+        super().__init__(name, __file__, ["--worker", kind, "--init", init, "--data", data],
+                         threads)
 
 
 # ---------------------------------------------------------------------------------------

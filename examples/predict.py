@@ -123,7 +123,11 @@ def main(argv=None):
         ckpt = npnet.load(args.checkpoint)
         if not isinstance(ckpt, dict) or "model" not in ckpt:
             raise ValueError(f"{args.checkpoint}: not a checkpoint of train_lenet.py")
-        model = npnet.models.lenet5()
+        name = (ckpt.get("args") or {}).get("model", "lenet5")   # older ones: LeNet-5
+        if name not in ("lenet5", "lenet5_classic", "resnet"):
+            raise ValueError(f"{args.checkpoint}: unknown model {name!r} (expected lenet5, "
+                             "lenet5_classic or resnet)")
+        model = getattr(npnet.models, name)()
         model.load_state_dict(ckpt["model"])
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -51,7 +51,8 @@ def gradcheck(layer: Module, x: np.ndarray, *, eps=1e-6, atol=1e-5, rtol=1e-3,
 
     Args:
         layer: any npnet layer or model (a Sequential, a class of your own) with float64
-            parameters; it runs in training mode.  It must be deterministic (same x ->
+            parameters; it runs in training mode.  Its mode, gradients and buffers
+            (running statistics) are as before when the check returns.  It must be deterministic (same x ->
             same y).
         x: float64 input batch.
         eps, atol, rtol: step and tolerances (torch.autograd.gradcheck's defaults).
@@ -97,9 +98,11 @@ def gradcheck(layer: Module, x: np.ndarray, *, eps=1e-6, atol=1e-5, rtol=1e-3,
     if mode not in ("full", "random"):
         raise ValueError(f"gradcheck: mode must be 'full' or 'random', got {mode!r}")
     rng = np.random.default_rng(0) if rng is None else rng
-    # the check needs training mode and zeroed gradients: put both back afterwards
+    # the check needs training mode and zeroed gradients, and its many forwards move
+    # running statistics (batch norm's buffers): put all three back afterwards
     modes = _modes(layer)
     saved_grads = [p.grad.copy() for _, p in named]
+    saved_buffers = [(b, b.copy()) for _, b in layer.named_buffers()]
     layer.train()
     try:
         return _check(layer, x.copy(), named, eps, atol, rtol, mode, n_directions, rng,
@@ -108,6 +111,8 @@ def gradcheck(layer: Module, x: np.ndarray, *, eps=1e-6, atol=1e-5, rtol=1e-3,
         _restore_modes(modes)
         for (_, p), g in zip(named, saved_grads):
             p.grad[...] = g
+        for live, kept in saved_buffers:
+            live[...] = kept
 
 
 def _modes(layer):

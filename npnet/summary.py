@@ -56,12 +56,13 @@ def summary(model, input_size=(1, 28, 28), print_fn=print, batch_size=-1):
             m.training = training
 
     total = model.num_parameters()
-    width = 64
+    first = max([24] + [len(name) + 2 for name, _, _ in rows])   # long names widen it
+    width = first + 40
     print_fn("-" * width)
-    print_fn(f"{'Layer (type)':<24}{'Output Shape':>25}{'Param #':>15}")
+    print_fn(f"{'Layer (type)':<{first}}{'Output Shape':>25}{'Param #':>15}")
     print_fn("=" * width)
     for name, shape, n in rows:
-        print_fn(f"{name:<24}{str(shape):>25}{n:>15,}")
+        print_fn(f"{name:<{first}}{str(shape):>25}{n:>15,}")
     print_fn("=" * width)
     mb = 1024 ** 2
     input_mb = int(np.prod(input_size)) * 4 / mb

@@ -9,7 +9,8 @@ any pytest import mode.
   no ReLU kink inside a numerical step, no max-pool ties (values differ by >= 2/size,
   far more than gradcheck's eps = 1e-6 and than float32 rounding).
 * ``to_torch(layer)``: the torch module computing the same function, with the npnet
-  weights copied in (layouts are identical: conv (F, C, kh, kw), linear (out, in)).
+  weights and buffers copied in (layouts are identical: conv (F, C, kh, kw), linear
+  (out, in), batch norm's running statistics) and the npnet layer's train/eval mode.
 * ``f32_atol(K, term)``: the absolute tolerance for comparing two float32 computations of
   sums of K products, each at most ``term`` in magnitude (reasoned in its docstring).
 """
@@ -59,12 +60,18 @@ class _Flatten(nn.Module):
 
 
 def layer_to_torch(layer) -> nn.Module:
-    """The torch counterpart of an npnet layer (or Sequential), weights copied in, float32.
+    """The torch counterpart of an npnet layer (or Sequential), state copied in.
 
-    The state layouts are the same, so the copy is a plain load_state_dict(strict=True).
+    The state layouts are the same, so the copy is a plain load_state_dict(strict=True) of
+    the parameters AND the buffers (batch norm's running_mean, running_var and
+    num_batches_tracked).  The torch module gets the npnet layer's mode (train / eval):
+    batch norm computes a different function in each.  Floating state is float64 if the
+    layer's is, else float32; num_batches_tracked stays int64, as in torch.
     """
     if isinstance(layer, npnet.Sequential):
-        return nn.Sequential(*[layer_to_torch(sub) for sub in layer])
+        m = nn.Sequential(*[layer_to_torch(sub) for sub in layer])
+        m.training = layer.training              # the children's modes are their own
+        return m
     if isinstance(layer, npnet.Conv2d):
         m = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size,
                       stride=layer.stride, padding=layer.padding,
@@ -75,20 +82,40 @@ def layer_to_torch(layer) -> nn.Module:
         m = nn.MaxPool2d(layer.kernel_size, layer.stride, layer.padding)
     elif isinstance(layer, npnet.AvgPool2d):
         m = nn.AvgPool2d(layer.kernel_size, layer.stride, layer.padding)  # count_include_pad
+    elif isinstance(layer, npnet.AdaptiveAvgPool2d):
+        m = nn.AdaptiveAvgPool2d(layer.output_size)          # None entries: as torch
+    elif isinstance(layer, (npnet.BatchNorm1d, npnet.BatchNorm2d)):
+        cls = nn.BatchNorm1d if isinstance(layer, npnet.BatchNorm1d) else nn.BatchNorm2d
+        m = cls(layer.num_features, eps=layer.eps, momentum=layer.momentum,
+                affine=layer.affine, track_running_stats=layer.track_running_stats)
     elif isinstance(layer, npnet.ReLU):
         m = nn.ReLU()
+    elif isinstance(layer, npnet.LeakyReLU):
+        m = nn.LeakyReLU(layer.negative_slope)
     elif isinstance(layer, npnet.Tanh):
         m = nn.Tanh()
     elif isinstance(layer, npnet.Sigmoid):
         m = nn.Sigmoid()
     elif isinstance(layer, npnet.Flatten):
         m = _Flatten()
+    elif isinstance(layer, npnet.Identity):
+        m = nn.Identity()
+    elif isinstance(layer, npnet.Dropout):
+        # the masks come from two different generators: only eval (the identity) is the
+        # same function on both sides
+        if layer.training:
+            raise TypeError(f"no torch counterpart for {layer!r} in training mode (its masks "
+                            "come from its own np.random.Generator): call .eval() first")
+        m = nn.Dropout(layer.p)
     else:
         raise TypeError(f"no torch counterpart for {layer!r}")
-    state = {k: torch.from_numpy(v.copy()) for k, v in layer.params.items()}
-    m.load_state_dict(state, strict=True)
-    return m.to(dtype=torch.float64 if any(
-        v.dtype == np.float64 for v in layer.params.values()) else torch.float32)
+    state = layer.state_dict()
+    # the dtype first: load_state_dict casts into the module's tensors, so loading float64
+    # state into a float32 module would round it
+    m.to(dtype=torch.float64 if any(v.dtype == np.float64 for v in state.values())
+         else torch.float32)
+    m.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=True)
+    return m.train(layer.training)
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ sys.modules[_spec.name] = sync          # its dataclasses look their module up b
 _spec.loader.exec_module(sync)
 
 LAYER_PAGES = ["linear", "conv", "maxpool", "avgpool", "activations", "flatten",
-               "cross_entropy", "fused"]
+               "cross_entropy", "fused", "batchnorm", "dropout", "adaptive_avgpool"]
 REQUIRED = ["docs/index.md", "docs/lenet5.md", "docs/autograd.md", "docs/functional.md"] + [
     f"docs/layers/{p}.md" for p in LAYER_PAGES]
 PAGES = sync.pages()

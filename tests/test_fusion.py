@@ -311,7 +311,9 @@ def test_training_is_deterministic_and_independent_of_threads():
         finally:
             npnet.threads.set_num_threads(old)
 
-    for build in (lambda r: npnet.lenet5(rng=r), _seed):
+    # the ResNet: batch norm's kernels split the channels, its convolutions the batch (in
+    # chunks run by npnet's thread pool, kernels/chunks.py)
+    for build in (lambda r: npnet.lenet5(rng=r), _seed, lambda r: npnet.models.resnet(rng=r)):
         runs = [train(1, build), train(1, build),
                 train(numba.config.NUMBA_NUM_THREADS, build)]
         for k in runs[0]:

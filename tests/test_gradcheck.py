@@ -139,3 +139,14 @@ def test_gradcheck_leaves_mode_and_accumulated_gradients_as_they_were():
     npnet.gradcheck(model, rng.standard_normal((2, 3)))
     assert not model.training and not model[0].training and not model[1].training
     assert np.all(model[0].grads["weight"] == 7.0)
+
+
+def test_running_statistics_are_put_back(rng):
+    """Every forward of the check is a training step of a batch norm: the check must not
+    leave the layer's running statistics moved."""
+    layer = npnet.BatchNorm2d(3, dtype=np.float64)
+    layer.running_mean[...] = [1.0, 2.0, 3.0]
+    before = {k: v.copy() for k, v in layer.named_buffers()}
+    npnet.gradcheck(layer, rng.standard_normal((4, 3, 2, 2)) + 5, rng=rng)
+    for k, v in layer.named_buffers():
+        assert v.dtype == before[k].dtype and np.array_equal(v, before[k]), k

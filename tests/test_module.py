@@ -176,6 +176,40 @@ def test_parameters_and_buffers_register_by_assignment(rng):
     assert m.parameters() == [] and not hasattr(m, "scale")
 
 
+def test_batch_norm_buffers_are_state_but_not_parameters(rng, tmp_path):
+    """Running statistics: in state_dict under torch's keys, saved and restored by a
+    checkpoint, converted by to() (the float ones), never trained by an optimizer."""
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, rng=rng), nn.BatchNorm2d(2))
+    assert [n for n, _ in model.named_buffers()] == [
+        "1.running_mean", "1.running_var", "1.num_batches_tracked"]
+    assert [n for n, _ in model.named_parameters()] == [
+        "0.weight", "0.bias", "1.weight", "1.bias"]
+    assert list(model.state_dict())[4:] == [n for n, _ in model.named_buffers()]
+    opt = npnet.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    for _ in range(3):
+        opt.zero_grad()
+        y = model(rng.standard_normal((4, 1, 6, 6)).astype(np.float32))
+        model.backward(np.ones_like(y))
+        opt.step()
+    state = model.state_dict()
+    assert int(state["1.num_batches_tracked"]) == 3
+    assert not np.allclose(state["1.running_mean"], 0)      # the statistics moved
+    npnet.save({"model": state}, tmp_path / "ckpt.npz")
+    fresh = nn.Sequential(nn.Conv2d(1, 2, 3, rng=rng), nn.BatchNorm2d(2))
+    fresh.load_state_dict(npnet.load(tmp_path / "ckpt.npz")["model"])
+    for (k, a), (_, b) in zip(model.named_buffers(), fresh.named_buffers()):
+        assert a.dtype == b.dtype and np.array_equal(a, b), k
+    x = rng.standard_normal((3, 1, 6, 6)).astype(np.float32)
+    model.eval(), fresh.eval()
+    np.testing.assert_array_equal(np.asarray(model(x)), np.asarray(fresh(x)))
+    model.to(np.float64)
+    bn = model[1]
+    assert bn.running_var.dtype == np.float64 and bn.num_batches_tracked.dtype == np.int64
+    with pytest.raises(ValueError, match=r"'1.running_var' has shape \(3,\), the model "
+                                         r"expects \(2,\)"):
+        fresh.load_state_dict({**fresh.state_dict(), "1.running_var": np.ones(3)})
+
+
 def test_assigning_a_module_before_super_init_is_a_clear_error():
     class Early(nn.Module):
         def __init__(self):

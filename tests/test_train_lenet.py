@@ -85,8 +85,14 @@ def test_script_writes_metrics_checkpoints_and_plots(train, tmp_path):
 
 
 # -- issue 6: exact resume and determinism --------------------------------------------------
-def test_resume_is_bit_identical_to_a_straight_run(train, tmp_path):
-    common = ["--limit", "1200", "--epochs", "2", "--batch-size", "50", *SMOKE]
+@pytest.mark.parametrize("model", ["lenet5", "resnet"])
+def test_resume_is_bit_identical_to_a_straight_run(train, tmp_path, model):
+    """For the ResNet this includes its batch norms' running statistics (buffers, in
+    state_dict) and the mirror images' draws (--flip yes: the shuffling generator)."""
+    extra = ["--model", "resnet", "--flip", "yes", "--eval-limit", "500"] \
+        if model == "resnet" else []
+    common = ["--limit", "1200" if model == "lenet5" else "400", "--epochs", "2",
+              "--batch-size", "50", *extra, *SMOKE]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     assert train.main([*common, "--out", str(straight)]) == 0
     assert train.main([*common, "--out", str(resumed), "--stop-after", "1"]) == 0
@@ -102,6 +108,26 @@ def test_resume_is_bit_identical_to_a_straight_run(train, tmp_path):
     sa, sb = npnet.load(straight / "last.npz"), npnet.load(resumed / "last.npz")
     for key in ("optimizer", "scheduler", "rng"):
         assert repr(sa[key]) == repr(sb[key]), key
+
+
+def test_model_choice_is_a_setting_of_the_run(train, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train.main(["--model", "resnet", "--limit", "100", "--eval-limit", "100",
+                       "--epochs", "2", "--stop-after", "1", "--out", str(out), *SMOKE]) == 0
+    ckpt = npnet.load(out / "last.npz")
+    assert ckpt["args"]["model"] == "resnet" and ckpt["args"]["batch_size"] == 128
+    assert list(ckpt["model"]) == list(npnet.models.resnet().state_dict())
+    assert "model.bn1.running_var" not in ckpt and "bn1.running_var" in ckpt["model"]
+    assert train.main(["--resume", str(out / "last.npz"), "--model", "lenet5",
+                       *SMOKE]) == 2
+    assert "--model lenet5 (checkpoint: resnet)" in capsys.readouterr().err
+
+
+def test_resnet_divergence_names_where(train, tmp_path, capsys):
+    assert train.main(["--model", "resnet", "--limit", "256", "--eval-limit", "100",
+                       "--epochs", "1", "--lr", "1e30", "--out", str(tmp_path), *SMOKE]) == 3
+    err = capsys.readouterr().err
+    assert "diverged at epoch 1, step" in err and "first non-finite value:" in err
 
 
 def test_resume_refuses_changed_settings(train, tmp_path, capsys):

@@ -17,6 +17,7 @@ from .loader import (
     DataLoader,
     iterate_batches,
     normalize,
+    random_flip,
     random_shift,
 )
 from .mnist import (
@@ -33,7 +34,7 @@ __all__ = [
     "read_idx",
     "load_mnist", "load_fashion_mnist", "fetch", "default_root", "FetchError",
     "train_val_split",
-    "iterate_batches", "DataLoader", "normalize", "random_shift",
+    "iterate_batches", "DataLoader", "normalize", "random_flip", "random_shift",
     "MNIST_MEAN", "MNIST_STD", "FASHION_MNIST_MEAN", "FASHION_MNIST_STD",
     "FASHION_MNIST_CLASSES", "NORMALIZATION",
 ]

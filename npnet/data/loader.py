@@ -182,3 +182,29 @@ def random_shift(x: np.ndarray, max_shift: int, rng: np.random.Generator,
     # (N, 1, 1) x (N, H, 1) x (N, 1, W) broadcast: one gather, crop n at (dy[n], dx[n])
     out = padded[np.arange(n)[:, None, None], :, rows[:, :, None], cols[:, None, :]]
     return np.ascontiguousarray(out.transpose(0, 3, 1, 2))     # (N, H, W, C) -> (N, C, H, W)
+
+
+def random_flip(x: np.ndarray, rng: np.random.Generator, p: float = 0.5) -> np.ndarray:
+    """Mirror each image left-right with probability ``p``, each its own draw.
+
+    For pictures of things a mirror does not change (a shirt, a shoe): not for digits.
+
+    Args:
+        x: ``(N, C, H, W)`` images.
+        rng: the ``np.random.Generator`` the choices are drawn from.
+        p: the probability of mirroring an image, in [0, 1].
+
+    Returns:
+        a new ``(N, C, H, W)`` array of ``x``'s dtype.
+    """
+    if not isinstance(x, np.ndarray) or x.ndim != 4:
+        raise ValueError(f"random_flip: expected (N, C, H, W) images, got "
+                         f"{getattr(x, 'shape', type(x).__name__)}")
+    if not isinstance(rng, np.random.Generator):
+        raise ValueError("random_flip needs rng, a np.random.Generator")
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
+        raise ValueError(f"random_flip: p must be a probability in [0, 1], got {p!r}")
+    flip = rng.random(len(x)) < p                              # (N,) which to mirror
+    out = x.copy()
+    out[flip] = x[flip, :, :, ::-1]                            # reverse the columns
+    return out

@@ -4,23 +4,25 @@ Layout (see ``reference.py`` for the index convention): columns are per sample,
 (N, C*kh*kw, OH*OW), so that ``np.matmul(W (F, C*kh*kw), cols)`` gives (N, F, OH*OW), which
 is already NCHW: no transpose after the matmul.
 
-Both kernels loop over the batch with ``prange``: samples are independent, so threads never
-write to the same element (col2im's scatter-add stays race-free without atomics) and the
-sum each element receives is added in the same order whatever the thread count.
+Both kernels run on one thread, over the samples they are given: Conv2d hands each a chunk
+of a few samples, and runs the chunks on npnet's threads at once (``chunks.py``).  Samples
+are independent, so chunks never write to the same element (col2im's scatter-add stays
+race-free without atomics), and the sum each element receives is added in the same order
+whatever the thread count.
 """
 from __future__ import annotations
 
-from numba import njit, prange
+from numba import njit
 
 from .geometry import out_size
 
 
-@njit(cache=True, parallel=True, nogil=True)
+@njit(cache=True, nogil=True)
 def im2col(x, kh, kw, sh, sw, ph, pw, cols):
     """Fill ``cols`` (N, C*kh*kw, OH*OW) from ``x`` (N, C, H, W); padding reads as 0."""
     N, C, H, W = x.shape
     OH, OW = out_size(H, kh, sh, ph), out_size(W, kw, sw, pw)
-    for n in prange(N):
+    for n in range(N):
         for c in range(C):
             for i in range(kh):
                 for j in range(kw):
@@ -41,7 +43,7 @@ def im2col(x, kh, kw, sh, sw, ph, pw, cols):
     return cols
 
 
-@njit(cache=True, parallel=True, nogil=True)
+@njit(cache=True, nogil=True)
 def col2im(cols, kh, kw, sh, sw, ph, pw, x):
     """Overwrite ``x`` (N, C, H, W) with the sum of the column entries of each pixel.
 
@@ -50,7 +52,7 @@ def col2im(cols, kh, kw, sh, sw, ph, pw, x):
     """
     N, C, H, W = x.shape
     OH, OW = out_size(H, kh, sh, ph), out_size(W, kw, sw, pw)
-    for n in prange(N):
+    for n in range(N):
         x[n] = 0
         for c in range(C):
             for i in range(kh):

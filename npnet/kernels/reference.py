@@ -1,6 +1,7 @@
 """Reference kernels: plain NumPy loops, written to be obviously right, never fast.
 
-They are the oracle the Numba kernels in ``im2col.py`` and ``pool.py`` are tested against
+They are the oracle the Numba kernels in ``im2col.py``, ``pool.py``, ``fused.py`` and
+``batchnorm.py`` are tested against
 (``tests/kernels/``).  Each mirrors one fast kernel's signature and returns a fresh array.
 Index conventions (shared with the fast kernels):
 
@@ -142,3 +143,22 @@ def conv_relu_pool_backward_ref(x, weight, ph, pw, grad_out, y, arg):
     grad_cols = weight.reshape(F, -1).T @ gz                          # (N, K, P)
     grad_in = col2im_ref(grad_cols, x.shape, kh, kw, 1, 1, ph, pw)
     return dw_n, db_n, grad_in
+
+
+def batchnorm_forward_ref(x, weight, bias, eps):
+    """Batch statistics over x (N, C, S) per channel -> (y, x_hat, mean, var, inv_std)."""
+    mean = x.mean(axis=(0, 2))                                        # (C,)
+    var = ((x - mean[:, None]) ** 2).mean(axis=(0, 2))                # (C,), biased
+    inv_std = 1 / np.sqrt(var + eps)
+    x_hat = (x - mean[:, None]) * inv_std[:, None]                    # (N, C, S)
+    return weight[:, None] * x_hat + bias[:, None], x_hat, mean, var, inv_std
+
+
+def batchnorm_backward_ref(grad_out, x_hat, scale):
+    """-> (grad_in, d_beta, d_gamma) for grad_out, x_hat (N, C, S), scale = gamma/std (C,)."""
+    M = grad_out.shape[0] * grad_out.shape[2]
+    d_beta = grad_out.sum(axis=(0, 2))                                # (C,)
+    d_gamma = (grad_out * x_hat).sum(axis=(0, 2))                     # (C,)
+    grad_in = scale[:, None] * (grad_out - d_beta[:, None] / M
+                                - x_hat * d_gamma[:, None] / M)
+    return grad_in, d_beta, d_gamma

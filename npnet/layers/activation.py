@@ -3,9 +3,10 @@
     ReLU:    y = max(x, 0)           dy/dx = 1 if x > 0 else 0   (0 at the kink, as torch)
     Tanh:    y = tanh(x)             dy/dx = 1 - y**2
     Sigmoid: y = 1 / (1 + exp(-x))   dy/dx = y * (1 - y)
+    LeakyReLU: y = x if x > 0 else a*x  dy/dx = 1 if x > 0 else a  (a at the kink, as torch)
 
-Tanh and Sigmoid keep y, not x: their derivative is cheapest written in y.
-docs/layers/activations.md derives them.
+Tanh and Sigmoid keep y, not x: their derivative is cheapest written in y; ReLU keeps y
+too, LeakyReLU the sign mask x > 0.  docs/layers/activations.md derives them.
 """
 from __future__ import annotations
 
@@ -74,3 +75,39 @@ class Sigmoid(Layer):
         check_grad(self, grad_out, y.shape, y.dtype)
         self._cache = None                 # each forward serves one backward
         return grad_out * y * (1 - y)
+
+
+class LeakyReLU(Layer):
+    """y = x if x > 0 else negative_slope * x, any shape, as torch.nn.LeakyReLU.
+
+    dy/dx = 1 where x > 0, else negative_slope (at 0 too, as torch).  Keeps the mask x > 0.
+    """
+
+    def __init__(self, negative_slope=0.01, inplace=False):
+        super().__init__()
+        if isinstance(negative_slope, bool) or not isinstance(
+                negative_slope, (int, float, np.floating)) or not np.isfinite(negative_slope):
+            raise ValueError(f"LeakyReLU: negative_slope must be a finite number, "
+                             f"got {negative_slope!r}")
+        if inplace:
+            raise ValueError("LeakyReLU(inplace=True): npnet does not edit arrays in place; "
+                             "use inplace=False")
+        self.negative_slope = float(negative_slope)
+
+    def forward(self, x):
+        _check(self, x)
+        positive = x > 0
+        y = np.where(positive, x, x * x.dtype.type(self.negative_slope))
+        self._cache = (positive, x.dtype) if self.training else None
+        return y
+
+    def backward(self, grad_out):
+        if self._cache is None:
+            raise no_cache_error(self)
+        positive, dtype = self._cache
+        check_grad(self, grad_out, positive.shape, dtype)
+        self._cache = None                 # each forward serves one backward
+        return np.where(positive, grad_out, grad_out * grad_out.dtype.type(self.negative_slope))
+
+    def extra_repr(self):
+        return f"negative_slope={self.negative_slope}"

@@ -5,7 +5,10 @@ Forward, for sample n, filter f and output position p = (oh, ow)::
     y[n, f, p] = b[f] + sum_{c,i,j} W[f, c, i, j] * x[n, c, oh*s - pad + i, ow*s - pad + j]
 
 im2col gathers every receptive field of x into a column, so the sum becomes a matmul:
-``cols`` (N, K, P) with K = C*kh*kw, ``y = W2 @ cols`` with W2 = W.reshape(F, K).  When the
+``cols`` (N, K, P) with K = C*kh*kw, ``y = W2 @ cols`` with W2 = W.reshape(F, K).  The
+batch goes through in chunks of a few samples, whose columns fit in a core's cache, run at
+once on npnet's threads (``kernels/chunks.py``); the backward rebuilds each chunk's
+columns from x instead of keeping them (9x the input's size for a 3x3 kernel).  When the
 kernel covers the whole unpadded input (P = 1, LeNet-5's conv3) a sample's one column is
 the sample itself, and the N products (F, K) @ (K, 1) are one product (N, K) @ (K, F):
 the same sums, no im2col, one call to the matrix multiply.
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..kernels.chunks import chunk_size, run_chunks
 from ..kernels.im2col import col2im, im2col
 from .base import (Module, add_grad, check_array, check_dtype, check_grad, float_dtype,
                    from_weight, no_cache_error, out_size, positive_int, uniform_init,
@@ -117,20 +121,25 @@ class Conv2d(Module):
         check_dtype(self, x, w)
         N, F, OH, OW = self.output_shape(x.shape)
         (kh, kw), (sh, sw), (ph, pw) = w.shape[2:], self.stride, self.padding
-        K = w[0].size                                     # C*kh*kw, one column's length
+        K, P = w[0].size, OH * OW                # a column's length C*kh*kw, its count
         x = np.ascontiguousarray(x)
         w2 = w.reshape(F, K)
-        if OH * OW == 1 and (ph, pw) == (0, 0):
+        if P == 1 and (ph, pw) == (0, 0):
             # the kernel covers the whole input: each sample's one column is the sample
             # itself, and the N products (F, K) @ (K, 1) are one (N, K) @ (K, F)
-            cols = x.reshape(N, K, 1)                                 # (N, K, 1), no copy
-            y = (cols[:, :, 0] @ w2.T)[:, :, None]                    # (N, F, 1)
+            y = (x.reshape(N, K) @ w2.T)[:, :, None]                  # (N, F, 1)
         else:
-            cols = im2col(x, kh, kw, sh, sw, ph, pw, np.empty((N, K, OH * OW), x.dtype))
-            y = np.matmul(w2, cols)               # (F, K) @ (N, K, P) -> (N, F, P)
+            y = np.empty((N, F, P), x.dtype)
+
+            def chunk(i, s):     # a few samples: their columns, then their products
+                cols = im2col(x[s], kh, kw, sh, sw, ph, pw,
+                              np.empty((s.stop - s.start, K, P), x.dtype))  # (S, K, P)
+                np.matmul(w2, cols, out=y[s])     # (F, K) @ (S, K, P) -> (S, F, P)
+            run_chunks(chunk, N, chunk_size(K * P * x.itemsize, N))
         if b is not None:
             y += b[:, None]                       # broadcast over N and P
-        self._cache = (x.shape, cols, w, b is not None, self.stride, self.padding) \
+        # backward rebuilds the columns from x (Chainer's choice): 9x less to keep
+        self._cache = (x, w, b is not None, self.stride, self.padding) \
             if self.training else None
         return y.reshape(N, F, OH, OW)
 
@@ -142,30 +151,34 @@ class Conv2d(Module):
         """
         if self._cache is None:
             raise no_cache_error(self)
-        x_shape, cols, w, has_bias, (sh, sw), (ph, pw) = self._cache  # as forward saw them
-        (N, K, P), (F, _, kh, kw) = cols.shape, w.shape
-        check_grad(self, grad_out, (N, F, out_size(x_shape[2], kh, sh, ph),
-                                    out_size(x_shape[3], kw, sw, pw)), w.dtype)
+        x, w, has_bias, (sh, sw), (ph, pw) = self._cache      # as the forward saw them
+        (N, C, H, W), (F, _, kh, kw) = x.shape, w.shape
+        OH, OW = out_size(H, kh, sh, ph), out_size(W, kw, sw, pw)
+        K, P = C * kh * kw, OH * OW
+        check_grad(self, grad_out, (N, F, OH, OW), w.dtype)
         self._cache = None                 # each forward serves one backward
         g = np.ascontiguousarray(grad_out).reshape(N, F, P)              # (N, F, P)
         w2 = w.reshape(F, K)
-        if P == 1:
-            dw2 = g[:, :, 0].T @ cols[:, :, 0]                            # (F, N) @ (N, K)
-        else:   # dL/dW2 = sum_n g[n] @ cols[n].T: one matmul over the (n, p) pairs
-            dw2 = np.tensordot(g, cols, axes=([0, 2], [0, 2]))            # (F, K)
-        add_grad(self, "weight", dw2.reshape(w.shape))
         if has_bias:
             add_grad(self, "bias", g.sum(axis=(0, 2)))                    # (F,)
-        if not need_grad_in:
-            return None
-        if P == 1:
-            grad_cols = (g[:, :, 0] @ w2)[:, :, None]                     # (N, K, 1)
-            if (ph, pw) == (0, 0):            # the columns were the input itself
-                return grad_cols.reshape(x_shape)
-        else:
-            grad_cols = np.matmul(w2.T, g)                                # (N, K, P)
-        grad_in = np.empty(x_shape, dtype=w.dtype)
-        return col2im(grad_cols, kh, kw, sh, sw, ph, pw, grad_in)         # (N, C, H, W)
+        if P == 1 and (ph, pw) == (0, 0):     # the columns are the samples themselves
+            add_grad(self, "weight", (g[:, :, 0].T @ x.reshape(N, K)).reshape(w.shape))
+            return (g[:, :, 0] @ w2).reshape(x.shape) if need_grad_in else None
+        S = chunk_size(K * P * x.itemsize, N)
+        dw_chunks = np.empty((-(-N // S), F, K), w.dtype)    # dL/dW2 of each chunk
+        grad_in = np.empty(x.shape, w.dtype) if need_grad_in else None
+
+        def chunk(i, s):
+            cols = im2col(x[s], kh, kw, sh, sw, ph, pw,
+                          np.empty((s.stop - s.start, K, P), x.dtype))      # (S, K, P)
+            # dL/dW2 = sum_n g[n] @ cols[n].T: a product per sample, summed
+            dw_chunks[i] = np.matmul(g[s], cols.transpose(0, 2, 1)).sum(axis=0)  # (F, K)
+            if need_grad_in:
+                grad_cols = np.matmul(w2.T, g[s], out=cols)                 # (S, K, P)
+                col2im(grad_cols, kh, kw, sh, sw, ph, pw, grad_in[s])       # (S, C, H, W)
+        run_chunks(chunk, N, S)
+        add_grad(self, "weight", dw_chunks.sum(axis=0).reshape(w.shape))   # in chunk order
+        return grad_in
 
     def extra_repr(self):
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "

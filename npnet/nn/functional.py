@@ -15,8 +15,8 @@ recorded versions.  docs/functional.md derives each backward.
 * ``cat(tensors, dim=0)``: concatenation.  dL/d(each) = its slice of G.
 * ``flatten(x, start_dim=0, end_dim=-1)``, ``reshape(x, shape)``: only the shape changes,
   so dL/dx = G reshaped back.
-* ``relu``, ``tanh``, ``sigmoid``, ``max_pool2d``, ``avg_pool2d``: the layers' own forward
-  and backward (npnet/layers), called once.
+* ``relu``, ``leaky_relu``, ``tanh``, ``sigmoid``, ``max_pool2d``, ``avg_pool2d``,
+  ``adaptive_avg_pool2d``: the layers' own forward and backward (npnet/layers), called once.
 * ``detach(x)``: the same values, marked as carrying no gradient (a constant).
 """
 from __future__ import annotations
@@ -24,13 +24,15 @@ from __future__ import annotations
 import numpy as np
 
 from ..autograd import CONST
-from ..layers import AvgPool2d, Flatten, MaxPool2d, ReLU, Sigmoid, Tanh
+from ..layers import AdaptiveAvgPool2d, AvgPool2d, Flatten, LeakyReLU, MaxPool2d, ReLU, \
+    Sigmoid, Tanh
 from ..layers.base import check_grad, no_cache_error
 from ..module import Module
 from ..tensor import Tensor, realize
 
-__all__ = ["add", "cat", "flatten", "reshape", "relu", "tanh", "sigmoid", "max_pool2d",
-           "avg_pool2d", "detach", "Add", "Cat", "Reshape"]
+__all__ = ["add", "cat", "flatten", "reshape", "relu", "leaky_relu", "tanh", "sigmoid",
+           "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "detach", "Add", "Cat",
+           "Reshape"]
 
 
 def _float_array(who: str, a, what: str):
@@ -180,6 +182,11 @@ def relu(x, inplace: bool = False):
     return ReLU()(x)
 
 
+def leaky_relu(x, negative_slope: float = 0.01, inplace: bool = False):
+    _no_inplace("leaky_relu", inplace)
+    return LeakyReLU(negative_slope)(x)
+
+
 def tanh(x):
     return Tanh()(x)
 
@@ -194,6 +201,11 @@ def max_pool2d(x, kernel_size, stride=None, padding=0):
 
 def avg_pool2d(x, kernel_size, stride=None, padding=0):
     return AvgPool2d(kernel_size, stride, padding)(x)
+
+
+def adaptive_avg_pool2d(x, output_size):
+    """Average pooling to ``output_size`` (``adaptive_avg_pool2d(x, 1)``: global)."""
+    return AdaptiveAvgPool2d(output_size)(x)
 
 
 def detach(x):

@@ -1,13 +1,13 @@
-"""Tests of npnet/layers/activation.py (ReLU, Tanh, Sigmoid)."""
+"""Tests of npnet/layers/activation.py (ReLU, Tanh, Sigmoid, LeakyReLU)."""
 import numpy as np
 import pytest
 import torch
 
 import npnet
-from npnet import ReLU, Sigmoid, Tanh
+from npnet import LeakyReLU, ReLU, Sigmoid, Tanh
 
-ACTS = [ReLU, Tanh, Sigmoid]
-ACT_IDS = ["relu", "tanh", "sigmoid"]
+ACTS = [ReLU, Tanh, Sigmoid, LeakyReLU]
+ACT_IDS = ["relu", "tanh", "sigmoid", "leaky_relu"]
 # any shape: the activations are element-wise
 SHAPES = [(1, 1), (3, 7), (2, 3, 4, 5), (1, 2, 5, 3)]
 SHAPE_IDS = ["1x1", "3x7", "2x3x4x5", "1x2x5x3"]
@@ -42,7 +42,8 @@ def test_matches_torch(act, shape, draw, to_torch):
     yt = to_torch(layer)(xt)
     yt.backward(torch.from_numpy(g))
     assert y.dtype == grad_in.dtype == np.float32
-    if act is ReLU:                                 # no arithmetic: bit-exact
+    if act in (ReLU, LeakyReLU):     # no arithmetic, or one multiply by the same float32
+        #                              slope on both sides: bit-exact
         np.testing.assert_array_equal(y, yt.detach().numpy())
         np.testing.assert_array_equal(grad_in, xt.grad.numpy())
         return
@@ -165,3 +166,80 @@ def test_grad_out_wrong_shape_or_dtype(act, draw):
     with pytest.raises(ValueError, match=rf"{act.__name__}.*grad_out is float32, expected "
                                          r"float64"):
         layer.backward(np.ones((2, 3), np.float32))
+
+
+# -- LeakyReLU ---------------------------------------------------------------------------------
+SLOPES = [0.01, 0.2, 0.0, -0.5, 1.0, 3.0]
+SLOPE_IDS = ["default", "0.2", "zero", "negative", "one", "three"]
+
+
+@pytest.mark.parametrize("slope", SLOPES, ids=SLOPE_IDS)
+def test_leaky_relu_gradcheck(slope, rng, draw):
+    # draw() keeps |x| >= 0.1: the kink is never within a step of eps = 1e-6
+    report = npnet.gradcheck(LeakyReLU(slope), draw((2, 3, 4, 5)), mode="full", rng=rng)
+    assert [r.name for r in report] == ["input"]
+    assert report[0].passed, str(report[0])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("slope", SLOPES, ids=SLOPE_IDS)
+def test_leaky_relu_matches_torch(slope, dtype, draw, to_torch):
+    """One multiply by the slope rounded to the dtype, as torch's kernel: bit-exact."""
+    layer = LeakyReLU(slope)
+    module = to_torch(layer)
+    assert isinstance(module, torch.nn.LeakyReLU) and module.negative_slope == slope
+    x, g = 2 * draw((3, 4, 5), dtype), draw((3, 4, 5), dtype)
+    y = layer(x)
+    grad_in = layer.backward(g)
+    xt = torch.tensor(x, requires_grad=True)
+    yt = module.to(torch.float64 if dtype == np.float64 else torch.float32)(xt)
+    yt.backward(torch.from_numpy(g))
+    assert y.dtype == grad_in.dtype == dtype
+    np.testing.assert_array_equal(y, yt.detach().numpy())
+    np.testing.assert_array_equal(grad_in, xt.grad.numpy())
+
+
+def test_leaky_relu_hand_case_and_the_kink():
+    """Derivative 1 where x > 0, else the slope: at 0 (and -0) too, as torch."""
+    x = np.array([[-2.0, -0.0, 0.0, 1e-30, -1e-30, 3.0]], np.float64)
+    layer = LeakyReLU(0.25)
+    np.testing.assert_array_equal(layer(x), [[-0.5, 0, 0, 1e-30, -0.25e-30, 3.0]])
+    g = np.arange(1.0, 7.0)[None]
+    grad_in = layer.backward(g)
+    np.testing.assert_array_equal(grad_in, [[0.25, 0.5, 0.75, 4, 1.25, 6]])
+    xt = torch.tensor(x, requires_grad=True)
+    torch.nn.functional.leaky_relu(xt, 0.25).backward(torch.from_numpy(g))
+    np.testing.assert_array_equal(grad_in, xt.grad.numpy())   # torch: slope at 0, too
+
+
+def test_leaky_relu_default_slope_is_torchs():
+    assert LeakyReLU().negative_slope == torch.nn.LeakyReLU().negative_slope == 0.01
+    assert repr(LeakyReLU()) == "LeakyReLU(negative_slope=0.01)"
+    x = np.array([-100.0, 100.0], np.float32)
+    np.testing.assert_array_equal(LeakyReLU()(x), [np.float32(-100) * np.float32(0.01), 100])
+
+
+def test_leaky_relu_returns_a_new_array(draw):
+    """Nothing the layer keeps is handed out: editing y changes no gradient."""
+    layer = LeakyReLU(0.1)
+    x = draw((3, 4))
+    y = layer(x)
+    assert not np.shares_memory(y, x)
+    expected = np.where(x > 0, 1.0, 0.1) * 2.0
+    np.asarray(y)[...] = 7.0
+    np.testing.assert_array_equal(layer.backward(np.full_like(x, 2.0)), expected)
+
+
+@pytest.mark.parametrize("slope", ["0.1", True, None, float("nan"), float("inf"), [0.1]],
+                         ids=["str", "bool", "none", "nan", "inf", "list"])
+def test_leaky_relu_bad_slope(slope):
+    with pytest.raises(ValueError, match=r"^LeakyReLU: negative_slope must be a finite number, "
+                                         r"got "):
+        LeakyReLU(slope)
+
+
+def test_leaky_relu_inplace_is_refused():
+    with pytest.raises(ValueError, match=r"^LeakyReLU\(inplace=True\): npnet does not edit "
+                                         r"arrays in place"):
+        LeakyReLU(0.1, inplace=True)
+    assert LeakyReLU(0.1, inplace=False).negative_slope == 0.1

@@ -69,7 +69,9 @@ class TorchOffset(torch.nn.Module):
 TORCH_F = SimpleNamespace(
     add=torch.add, cat=torch.cat, flatten=torch.flatten, reshape=torch.reshape,
     relu=torch.relu, tanh=torch.tanh, sigmoid=torch.sigmoid,
+    leaky_relu=torch.nn.functional.leaky_relu,
     max_pool2d=torch.nn.functional.max_pool2d, avg_pool2d=torch.nn.functional.avg_pool2d,
+    adaptive_avg_pool2d=torch.nn.functional.adaptive_avg_pool2d,
     detach=torch.Tensor.detach)
 NPNET = SimpleNamespace(nn=nn, F=F, Offset=Offset)
 TORCH = SimpleNamespace(nn=torch.nn, F=TORCH_F, Offset=TorchOffset)
@@ -78,10 +80,12 @@ TORCH = SimpleNamespace(nn=torch.nn, F=TORCH_F, Offset=TorchOffset)
 @dataclass
 class Case:
     """A model written once for both frameworks: ``layers(lib)`` gives its layers by name
-    (registered in that order), ``forward(F, m, x)`` is its forward with ``lib.F``."""
+    (registered in that order), ``forward(F, m, x)`` is its forward with ``lib.F``;
+    ``window``: the most values an op of the forward averages (a pooling window)."""
     layers: Callable
     forward: Callable
     x_shape: tuple
+    window: int = 6
 
 
 def build(lib, case: Case):
@@ -158,6 +162,24 @@ def _activation_case(op: str, four_d: bool) -> Case:
                 lambda F, m, x: m.fc2(getattr(F, op)(m.fc1(x))), (3, 4))
 
 
+def _leaky_relu_case(slope, four_d: bool) -> Case:
+    """fc -> leaky_relu(slope) -> fc, or conv -> leaky_relu -> conv; None: the default."""
+    def act(F, h):
+        return F.leaky_relu(h) if slope is None else F.leaky_relu(h, slope)
+    if four_d:
+        return Case(lambda L: dict(conv1=_conv(L, 2, 3, 3, padding=1), conv2=_conv(L, 3, 2, 3)),
+                    lambda F, m, x: m.conv2(act(F, m.conv1(x))), (2, 2, 4, 4))
+    return Case(lambda L: dict(fc1=_linear(L, 4, 5), fc2=_linear(L, 5, 3)),
+                lambda F, m, x: m.fc2(act(F, m.fc1(x))), (3, 4))
+
+
+def _adaptive_case(output_size, hw, window) -> Case:
+    """conv (2, 3, H, W) -> adaptive_avg_pool2d(output_size) -> 1x1 conv."""
+    return Case(lambda L: dict(conv1=_conv(L, 2, 3, 3, padding=1), conv2=_conv(L, 3, 2, 1)),
+                lambda F, m, x: m.conv2(F.adaptive_avg_pool2d(m.conv1(x), output_size)),
+                (2, 2, *hw), window)
+
+
 def _pool_case(op: str, k, s, p) -> Case:
     """conv (2, 3, 5, 5) -> pool(k, s, p) -> 1x1 conv."""
     return Case(lambda L: dict(conv1=_conv(L, 2, 3, 3, padding=1), conv2=_conv(L, 3, 2, 1)),
@@ -211,6 +233,12 @@ CASES = {
     # the layers' own code, called as functions
     **{f"{op}_{'4d' if four_d else '2d'}": _activation_case(op, four_d)
        for op in ("relu", "tanh", "sigmoid") for four_d in (False, True)},
+    **{f"leaky_relu_{name}_{'4d' if four_d else '2d'}": _leaky_relu_case(slope, four_d)
+       for name, slope in (("default", None), ("0.2", 0.2)) for four_d in (False, True)},
+    # (output size, input size, largest window): 5 -> 2 and 5 -> 3 overlap, 1 is global
+    **{f"adaptive_avg_pool2d_{name}": _adaptive_case(o, hw, win) for name, o, hw, win in (
+        ("2", 2, (5, 5), 9), ("3", 3, (5, 5), 9), ("1_global", 1, (5, 5), 25),
+        ("None_2", (None, 2), (4, 5), 3), ("2x3_from_4x6", (2, 3), (4, 6), 4))},
     **{f"{op}_{g}": _pool_case(op, *POOL_GEOMETRIES[g])
        for op in ("max_pool2d", "avg_pool2d") for g in POOL_GEOMETRIES},
     "relu_max_pool2d_fused": Case(                     # conv -> relu -> 2x2 pool: one call
@@ -240,12 +268,32 @@ def test_the_fused_case_runs_fused(rng, draw):
     assert "ConvReLUMaxPool2d" in str(npnet.autograd.tape_of(model))
 
 
+@pytest.mark.parametrize("name, recorded", [
+    ("leaky_relu_0.2_4d", "LeakyReLU"), ("adaptive_avg_pool2d_3", "AdaptiveAvgPool2d"),
+    ("adaptive_avg_pool2d_1_global", "AdaptiveAvgPool2d")])
+def test_leaky_relu_and_adaptive_pool_are_recorded_and_the_gradient_flows(name, recorded,
+                                                                          rng, draw):
+    """The functional call is one call of the tape, between the two layers, and backward
+    through it reaches the first layer's weights and the input."""
+    case = CASES[name]
+    model = npnet_model(case, rng, np.float64)
+    x = draw(case.x_shape)
+    y = model(x)
+    tape = str(npnet.autograd.tape_of(model))
+    lines = [line.split()[1:3] for line in tape.splitlines()[2:]]
+    assert lines == [["conv1", "Conv2d"], [recorded, recorded], ["conv2", "Conv2d"]], tape
+    grad_x = np.asarray(model.backward(draw(y.shape)))
+    assert np.abs(grad_x).min() > 0                    # every input pixel gets a gradient
+    assert np.all(np.abs(model.conv1.grads["weight"]) > 0)
+
+
 # -- (b) float32 parity with torch -------------------------------------------------------------
-def float32_additions(model, x) -> int:
+def float32_additions(model, x, window: int = 6) -> int:
     """An upper bound on the float32 additions behind any value compared: each Linear and
     Conv2d adds its longest sum (its fan-in in forward, its fan-out in backward, or, for its
     weight gradient, the batch times the output positions, which in these models is never
-    more than x.size), and the rounding errors of successive layers add up."""
+    more than x.size), and the rounding errors of successive layers add up; ``window``:
+    the longest average an op takes (Case.window)."""
     K = 0
     for m in model.modules():
         if isinstance(m, npnet.Linear):
@@ -253,7 +301,7 @@ def float32_additions(model, x) -> int:
         elif isinstance(m, npnet.Conv2d):
             kh, kw = m.kernel_size
             K += max(m.in_channels * kh * kw, m.out_channels * kh * kw, x.size)
-    return K + 6            # an average over a window of at most 2x3
+    return K + window       # an average over a pooling window
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -269,7 +317,7 @@ def test_matches_torch_float32(name, rng, draw, tol32):
     yt = tmodel(xt)
     yt.backward(torch.from_numpy(g))
     assert y.dtype == grad_x.dtype == np.float32
-    K = float32_additions(model, x)
+    K = float32_additions(model, x, case.window)
 
     def close(ours, theirs, what):
         # tests/conftest.py f32_atol: two float32 computations of sums of K terms, each at
@@ -328,6 +376,18 @@ PAIRS = {   # name: (module form, functional form, first, second, x shape)
                             (2, 2, 6, 6)),
     "flatten": (lambda: nn.Flatten(), lambda F, h: F.flatten(h, 1), "conv", "fc_after_conv",
                 (2, 2, 4, 4)),
+    "leaky_relu": (lambda: nn.LeakyReLU(0.2), lambda F, h: F.leaky_relu(h, 0.2), "fc", "fc",
+                   (3, 4)),
+    "leaky_relu_default": (lambda: nn.LeakyReLU(), lambda F, h: F.leaky_relu(h), "fc", "fc",
+                           (3, 4)),
+    "leaky_relu_after_conv": (lambda: nn.LeakyReLU(0.1), lambda F, h: F.leaky_relu(h, 0.1),
+                              "conv", "conv1x1", (2, 2, 6, 6)),
+    "adaptive_avg_pool2d": (lambda: nn.AdaptiveAvgPool2d(4),
+                            lambda F, h: F.adaptive_avg_pool2d(h, 4), "conv", "conv1x1",
+                            (2, 2, 6, 6)),
+    "adaptive_avg_pool2d_global": (lambda: nn.AdaptiveAvgPool2d(1),
+                                   lambda F, h: F.adaptive_avg_pool2d(h, 1), "conv", "conv1x1",
+                                   (2, 2, 6, 6)),
 }
 
 
@@ -485,8 +545,13 @@ def test_reshape_accepts_a_tuple_a_list_and_an_int(draw):
     ("max_pool2d", {"kernel_size": 2}, nn.MaxPool2d(2)),
     ("max_pool2d", {"kernel_size": 3, "stride": 1, "padding": 1}, nn.MaxPool2d(3, 1, 1)),
     ("avg_pool2d", {"kernel_size": 2}, nn.AvgPool2d(2)),
-    ("avg_pool2d", {"kernel_size": 3, "stride": 2, "padding": 1}, nn.AvgPool2d(3, 2, 1))],
-    ids=["relu", "tanh", "sigmoid", "max_k2", "max_k3_s1_p1", "avg_k2", "avg_k3_s2_p1"])
+    ("avg_pool2d", {"kernel_size": 3, "stride": 2, "padding": 1}, nn.AvgPool2d(3, 2, 1)),
+    ("leaky_relu", {}, nn.LeakyReLU()),
+    ("leaky_relu", {"negative_slope": 0.3}, nn.LeakyReLU(0.3)),
+    ("adaptive_avg_pool2d", {"output_size": 4}, nn.AdaptiveAvgPool2d(4)),
+    ("adaptive_avg_pool2d", {"output_size": (None, 1)}, nn.AdaptiveAvgPool2d((None, 1)))],
+    ids=["relu", "tanh", "sigmoid", "max_k2", "max_k3_s1_p1", "avg_k2", "avg_k3_s2_p1",
+         "leaky_default", "leaky_0.3", "adaptive_4", "adaptive_None_1"])
 def test_layer_functions_at_top_level_are_the_layer(op, kwargs, layer, draw):
     """Outside a model the function just computes: the same bits as the layer's forward."""
     x = draw((2, 3, 6, 6), np.float32)
@@ -523,6 +588,24 @@ def test_relu_inplace_is_refused_at_top_level_and_in_a_forward(draw):
     np.testing.assert_array_equal(F.relu(np.array([-1.0, 2.0]), inplace=False), [0.0, 2.0])
 
 
+def test_leaky_relu_inplace_is_refused_at_top_level_and_in_a_forward(draw):
+    msg = r"leaky_relu\(inplace=True\): npnet does not record in-place operations"
+    with pytest.raises(ValueError, match=msg):
+        F.leaky_relu(draw((2, 3)), 0.2, inplace=True)
+    model = Between(nn.Linear(3, 3, dtype=np.float64, rng=np.random.default_rng(0)),
+                    lambda F, h: F.leaky_relu(h, inplace=True),
+                    nn.Linear(3, 2, dtype=np.float64, rng=np.random.default_rng(1)))
+    with pytest.raises(ValueError, match=msg):
+        model(draw((2, 3)))
+
+
+@pytest.mark.parametrize("output_size", [0, (2, 0), "2"], ids=["zero", "pair_zero", "str"])
+def test_adaptive_avg_pool2d_bad_output_size_is_refused(output_size, draw):
+    with pytest.raises(ValueError, match=r"AdaptiveAvgPool2d: output_size must be a positive "
+                                         r"int"):
+        F.adaptive_avg_pool2d(draw((1, 1, 4, 4)), output_size)
+
+
 INT = np.arange(1, 17, dtype=np.int64).reshape(1, 1, 4, 4)
 
 
@@ -551,9 +634,14 @@ INT = np.arange(1, 17, dtype=np.int64).reshape(1, 1, 4, 4)
     (lambda: F.avg_pool2d(INT, 2), r"AvgPool2d\(kernel_size=\(2, 2\), stride=\(2, 2\)\): "
                                    r"input must be float32 or float64, got int64"),
     (lambda: F.detach([1.0, 2.0]), r"detach: expected a numpy array, got list"),
+    (lambda: F.leaky_relu(INT), r"LeakyReLU\(negative_slope=0\.01\): input must be a float32 "
+                                r"or float64 array, got int64"),
+    (lambda: F.adaptive_avg_pool2d(INT, 2), r"AdaptiveAvgPool2d\(output_size=2\): input must "
+                                            r"be float32 or float64, got int64"),
 ], ids=["add_int", "add_float16", "cat_int", "cat_second_int", "cat_list", "flatten_int",
         "reshape_int", "reshape_list", "relu_int", "relu_list", "tanh_int", "sigmoid_bool",
-        "max_pool2d_int", "avg_pool2d_int", "detach_list"])
+        "max_pool2d_int", "avg_pool2d_int", "detach_list", "leaky_relu_int",
+        "adaptive_avg_pool2d_int"])
 def test_non_float_inputs_are_refused(call, message):
     with pytest.raises(ValueError, match=message):
         call()

@@ -1,0 +1,178 @@
+"""The small ResNet on the CPU: npnet against PyTorch, measured side by side in one run.
+
+    .venv/bin/python benchmarks/bench_resnet.py [--rounds 5] [--steps 10] [--batches 128]
+                                                [--threads N] [--json out.json]
+
+Two worker processes: npnet with ``npnet.models.resnet()`` and PyTorch with the same class
+text (the source of ``npnet.models.BasicBlock`` and ``ResNet`` run with ``torch.nn`` as
+``nn``, the residual ``nn.functional.add(out, s)`` written ``out + s``, as
+tests/test_resnet.py builds its twin).  Both hold the same initial weights and train on the
+same real MNIST batches; the parent asks them in turn, rotating the order every round.
+The training step is the README's (``model.backward(crit.backward())``; torch:
+``loss.backward()``), SGD with momentum.  Measured: training images/s at each batch size
+and eval-mode inference at batch 1,000, with the ratio npnet / PyTorch (median, min, max).
+"""
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from bench_lenet import Process, _batches, _rounds  # noqa: E402  (the same machinery)
+
+SEED, LR, MOMENTUM = 0, 0.01, 0.9
+ADD_NPNET, ADD_TORCH = "nn.functional.add(out, self.shortcut(x))", "out + self.shortcut(x)"
+
+
+class Worker:
+    """One framework in its own process, one timed call per request."""
+
+    def __init__(self, kind, threads, files):
+        if kind == "torch":
+            import torch
+            torch.set_num_threads(threads)
+            namespace = {"nn": torch.nn}
+            exec(open(files["twin"]).read(), namespace)
+            self.model = namespace["ResNet"]()
+            with np.load(files["init"]) as s:
+                self.model.load_state_dict({k: torch.from_numpy(s[k]) for k in s.files})
+            self.crit = torch.nn.CrossEntropyLoss()
+            self.opt = torch.optim.SGD(self.model.parameters(), lr=LR, momentum=MOMENTUM)
+            self.as_input = torch.from_numpy
+            self.no_grad = torch.inference_mode
+            self.info = {"threads": torch.get_num_threads(), "version": torch.__version__}
+        else:
+            import contextlib
+
+            import npnet
+            self.model = npnet.models.resnet()
+            with np.load(files["init"]) as s:
+                self.model.load_state_dict(dict(s))
+            self.crit = npnet.CrossEntropyLoss()
+            self.opt = npnet.optim.SGD(self.model.parameters(), lr=LR, momentum=MOMENTUM)
+            self.as_input = lambda a: a
+            self.no_grad = contextlib.nullcontext
+            self.info = {"threads": npnet.threads.policy()}
+        self.kind, self.data = kind, files["data"]
+
+    def train(self, batch, steps):
+        xs, ys = _batches(self.data, batch)
+        xs, ys = self.as_input(xs), self.as_input(ys)
+        model, crit, opt = self.model, self.crit, self.opt
+        model.train()
+        t0 = time.perf_counter()
+        for i in range(steps):
+            xb, yb = xs[i % len(xs)], ys[i % len(ys)]
+            opt.zero_grad()
+            loss = crit(model(xb), yb)
+            if self.kind == "torch":
+                loss.backward()
+            else:
+                model.backward(crit.backward())
+            opt.step()
+        return time.perf_counter() - t0
+
+    def infer(self, batch, steps):
+        xs = self.as_input(_batches(self.data, batch, 2)[0])
+        self.model.eval()
+        with self.no_grad():
+            t0 = time.perf_counter()
+            for i in range(steps):
+                self.model(xs[i % 2])
+            dt = time.perf_counter() - t0
+        self.model.train()
+        return dt
+
+    def describe(self):
+        return self.info
+
+
+def worker_main(kind, threads, files):
+    out, sys.stdout = sys.stdout, sys.stderr          # keep the protocol channel clean
+    w = Worker(kind, threads, files)
+    for line in sys.stdin:
+        msg = json.loads(line)
+        cmd = msg.pop("cmd")
+        if cmd == "quit":
+            break
+        out.write(json.dumps({"result": getattr(w, cmd)(**msg)}) + "\n")
+        out.flush()
+
+
+def compare(workers, rounds, label, cmd, images, **kw):
+    rates = _rounds(workers, rounds, lambda w: images / w(cmd, **kw))
+    ratios = [a / b for a, b in zip(rates["npnet"], rates["torch"])]
+    print(f"{label:<26}{np.median(rates['npnet']):>12,.0f}{np.median(rates['torch']):>12,.0f}"
+          f"{np.median(ratios):>9.2f}{min(ratios):>8.2f}{max(ratios):>8.2f}", flush=True)
+    return {"what": label, "npnet_images_per_s": rates["npnet"],
+            "torch_images_per_s": rates["torch"], "ratio": ratios}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=10, help="training steps per round")
+    ap.add_argument("--batches", type=int, nargs="+", default=[128])
+    ap.add_argument("--threads", type=int, default=None,
+                    help="threads for both (default: npnet's default, every core)")
+    ap.add_argument("--json", metavar="FILE", help="write the figures to FILE")
+    ap.add_argument("--worker", choices=["npnet", "torch"], help=argparse.SUPPRESS)
+    ap.add_argument("--files", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        return worker_main(args.worker, args.threads, json.loads(args.files))
+
+    import npnet
+    from npnet import models
+    threads = args.threads or npnet.threads.get_num_threads()
+    tmp = tempfile.TemporaryDirectory(prefix="npnet-bench-")
+    files = {k: os.path.join(tmp.name, f) for k, f in
+             (("init", "init.npz"), ("data", "mnist.npz"), ("twin", "twin.py"))}
+    np.savez(files["init"], **models.resnet(rng=np.random.default_rng(SEED)).state_dict())
+    source = inspect.getsource(models.BasicBlock) + "\n\n" + inspect.getsource(models.ResNet)
+    assert source.count(ADD_NPNET) == 1
+    with open(files["twin"], "w") as f:
+        f.write(source.replace(ADD_NPNET, ADD_TORCH))
+    images, labels = npnet.data.load_mnist(split="train")
+    order = np.random.default_rng(SEED).permutation(len(images))[:4096]
+    np.savez(files["data"], x=npnet.data.normalize(images[order], npnet.data.MNIST_MEAN,
+                                                   npnet.data.MNIST_STD),
+             y=labels[order].astype(np.int64))
+    workers = [Process(kind, __file__, ["--worker", kind, "--files", json.dumps(files)], threads)
+               for kind in ("npnet", "torch")]
+    results = {"threads": threads, "rounds": args.rounds, "steps": args.steps, "rows": []}
+    try:
+        results["npnet_info"], results["torch_info"] = (w("describe") for w in workers)
+        print(f"npnet {results['npnet_info']}\ntorch {results['torch_info']}")
+        for w in workers:                         # warm-up: compile, fill the caches
+            for b in args.batches:
+                w("train", batch=b, steps=2)
+            w("infer", batch=1000, steps=1)
+        print(f"\n{'ResNet':<26}{'npnet img/s':>12}{'torch img/s':>12}"
+              f"{'ratio':>9}{'min':>8}{'max':>8}   (median over {args.rounds} rounds)")
+        for b in args.batches:
+            results["rows"].append(compare(workers, args.rounds, f"train, batch {b}", "train",
+                                           b * args.steps, batch=b, steps=args.steps))
+        results["rows"].append(compare(workers, args.rounds, "inference, batch 1000",
+                                       "infer", 1000 * 2, batch=1000, steps=2))
+    finally:
+        for w in workers:
+            w.close()
+        tmp.cleanup()
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+        print(f"\nwrote {args.json}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
