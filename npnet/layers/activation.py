@@ -12,21 +12,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Layer, check_grad, no_cache_error
-
-
-def _check(layer, x):
-    if not isinstance(x, np.ndarray) or x.dtype not in (np.float32, np.float64):
-        what = x.dtype if isinstance(x, np.ndarray) else type(x).__name__
-        raise ValueError(f"{layer!r}: input must be a float32 or float64 array, got {what}")
-    return x
+from .base import Layer, check_float_array, check_grad, no_cache_error
 
 
 class ReLU(Layer):
     """y = max(x, 0), any shape."""
 
     def forward(self, x):
-        _check(self, x)
+        check_float_array(self, x)
         y = np.maximum(x, 0)
         self._cache = y if self.training else None
         return y
@@ -44,7 +37,7 @@ class Tanh(Layer):
     """y = tanh(x), any shape."""
 
     def forward(self, x):
-        _check(self, x)
+        check_float_array(self, x)
         y = np.tanh(x)
         self._cache = y if self.training else None
         return y
@@ -62,7 +55,7 @@ class Sigmoid(Layer):
     """y = 1 / (1 + exp(-x)), any shape; computed without overflow for large |x|."""
 
     def forward(self, x):
-        _check(self, x)
+        check_float_array(self, x)
         e = np.exp(-np.abs(x))             # in (0, 1]: never overflows
         y = np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype, copy=False)
         self._cache = y if self.training else None
@@ -95,7 +88,7 @@ class LeakyReLU(Layer):
         self.negative_slope = float(negative_slope)
 
     def forward(self, x):
-        _check(self, x)
+        check_float_array(self, x)
         positive = x > 0
         y = np.where(positive, x, x * x.dtype.type(self.negative_slope))
         self._cache = (positive, x.dtype) if self.training else None

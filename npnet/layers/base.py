@@ -31,7 +31,8 @@ from ..module import Module, Parameter
 #: The base class of a layer of your own (the same class as npnet.nn.Module).
 Layer = Module
 
-__all__ = ["Layer", "Parameter", "pair", "check_array", "check_grad", "add_grad",
+__all__ = ["Layer", "Parameter", "pair", "check_array", "check_float_array", "check_grad",
+           "add_grad",
            "no_cache_error", "uniform_init", "out_size", "init_generator"]
 
 
@@ -93,6 +94,14 @@ def check_array(layer: Module, x, ndim: int, what: str = "input") -> np.ndarray:
                          f"({x.ndim}-D)")
     if x.dtype not in (np.float32, np.float64):
         raise ValueError(f"{layer!r}: {what} must be float32 or float64, got {x.dtype}")
+    return x
+
+
+def check_float_array(layer: Module, x) -> np.ndarray:
+    """Refuse anything but a float32 or float64 ndarray (of any shape), naming the layer."""
+    if not isinstance(x, np.ndarray) or x.dtype not in (np.float32, np.float64):
+        what = x.dtype if isinstance(x, np.ndarray) else type(x).__name__
+        raise ValueError(f"{layer!r}: input must be a float32 or float64 array, got {what}")
     return x
 
 

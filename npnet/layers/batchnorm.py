@@ -26,8 +26,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..kernels.batchnorm import batchnorm_backward, batchnorm_forward, channel_mean_var
-from .base import Module, add_grad, check_array, check_grad, float_dtype, no_cache_error, \
-    positive_int
+from .base import Module, add_grad, check_array, check_dtype, check_grad, float_dtype, \
+    no_cache_error, positive_int
 
 
 class _BatchNorm(Module):
@@ -78,10 +78,9 @@ class _BatchNorm(Module):
         if x.shape[1] != self.num_features:
             raise ValueError(f"{self!r}: expected {self.num_features} channels (dimension 1), "
                              f"got input of shape {x.shape}")
-        dtype = (self.params.get("weight") if self.affine else self._buffers["running_mean"])
-        if dtype is not None and x.dtype != dtype.dtype:
-            raise ValueError(f"{self!r}: input is {x.dtype} but the layer is {dtype.dtype}; "
-                             f"cast the input or convert the layer with .to(np.{x.dtype})")
+        state = self.params.get("weight") if self.affine else self._buffers["running_mean"]
+        if state is not None:                  # affine=False and no statistics: any dtype
+            check_dtype(self, x, state)
 
     def forward(self, x):
         self._check(x)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Module, check_grad, no_cache_error, resolve_rng
+from .base import Module, check_float_array, check_grad, no_cache_error, resolve_rng
 
 
 class Dropout(Module):
@@ -41,9 +41,7 @@ class Dropout(Module):
         self.rng = resolve_rng(rng)
 
     def forward(self, x):
-        if not isinstance(x, np.ndarray) or x.dtype not in (np.float32, np.float64):
-            what = x.dtype if isinstance(x, np.ndarray) else type(x).__name__
-            raise ValueError(f"{self!r}: input must be a float32 or float64 array, got {what}")
+        check_float_array(self, x)
         if not self.training:
             self._cache = None
             return x                                   # eval: the identity
