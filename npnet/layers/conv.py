@@ -9,7 +9,7 @@ im2col gathers every receptive field of x into a column, so the sum becomes a ma
 batch goes through in chunks of a few samples, whose columns fit in a core's cache, run at
 once on npnet's threads (``kernels/chunks.py``); the backward rebuilds each chunk's
 columns from x instead of keeping them (9x the input's size for a 3x3 kernel).  When the
-kernel covers the whole unpadded input (P = 1, LeNet-5's conv3) a sample's one column is
+kernel covers the whole unpadded input (LeNet-5's conv3) a sample's one column is
 the sample itself, and the N products (F, K) @ (K, 1) are one product (N, K) @ (K, F):
 the same sums, no im2col, one call to the matrix multiply.
 
@@ -124,9 +124,10 @@ class Conv2d(Module):
         K, P = w[0].size, OH * OW                # a column's length C*kh*kw, its count
         x = np.ascontiguousarray(x)
         w2 = w.reshape(F, K)
-        if P == 1 and (ph, pw) == (0, 0):
+        if x.shape[2:] == (kh, kw) and (ph, pw) == (0, 0):
             # the kernel covers the whole input: each sample's one column is the sample
-            # itself, and the N products (F, K) @ (K, 1) are one (N, K) @ (K, F)
+            # itself, and the N products (F, K) @ (K, 1) are one (N, K) @ (K, F).  (P = 1
+            # alone is not enough: a stride may leave rows or columns that no window reads)
             y = (x.reshape(N, K) @ w2.T)[:, :, None]                  # (N, F, 1)
         else:
             y = np.empty((N, F, P), x.dtype)
@@ -161,7 +162,7 @@ class Conv2d(Module):
         w2 = w.reshape(F, K)
         if has_bias:
             add_grad(self, "bias", g.sum(axis=(0, 2)))                    # (F,)
-        if P == 1 and (ph, pw) == (0, 0):     # the columns are the samples themselves
+        if (H, W) == (kh, kw) and (ph, pw) == (0, 0):    # the columns are the samples
             add_grad(self, "weight", (g[:, :, 0].T @ x.reshape(N, K)).reshape(w.shape))
             return (g[:, :, 0] @ w2).reshape(x.shape) if need_grad_in else None
         S = chunk_size(K * P * x.itemsize, N)

@@ -88,6 +88,18 @@ def test_matches_torch_wide(rng, draw, vs_torch, tol32):
     _assert_conv_matches_torch(layer, x, g, vs_torch, tol32)
 
 
+@pytest.mark.parametrize("k,s,h,w", [(2, 2, 3, 3), (2, 2, 2, 3), (3, 3, 4, 5)],
+                         ids=["k2_s2_3x3", "k2_s2_2x3", "k3_s3_4x5"])
+def test_one_output_pixel_from_part_of_the_input(k, s, h, w, rng, draw, vs_torch, tol32):
+    """A stride can leave a 1x1 output whose window does not cover the input: the shortcut
+    for a kernel covering the whole input must not be taken (it reshaped the whole input
+    into one column; npnet.testing's sweep found it)."""
+    layer = Conv2d(2, 3, k, stride=s, rng=rng)
+    x = draw((2, 2, h, w), np.float32)
+    assert layer.output_shape(x.shape)[2:] == (1, 1)
+    _assert_conv_matches_torch(layer, x, draw((2, 3, 1, 1), np.float32), vs_torch, tol32)
+
+
 def test_init_matches_torch_distribution(rng):
     """U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias, as torch's default."""
     layer = Conv2d(4, 50, 3, rng=rng)
