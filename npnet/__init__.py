@@ -3,11 +3,11 @@
 Every layer's forward and backward pass is written by hand (npnet/layers/), the heavy
 loops are Numba kernels (npnet/kernels/) with plain-NumPy references beside them, models
 are plain code on ``npnet.nn`` whose backward replays what their forward recorded
-(npnet/autograd.py), and the gradients are checked numerically (npnet.gradcheck) and
-against PyTorch (tests/).
+(npnet/autograd.py), and the gradients are checked numerically (npnet.gradcheck; for a
+layer of your own, npnet.testing.assert_layer_correct) and against PyTorch (tests/).
 """
 from . import threads  # noqa: F401  (sets the threading policy before any kernel runs)
-from . import autograd, data, fusion, hooks, models, nn, onnx, optim  # noqa: F401
+from . import autograd, data, fusion, hooks, models, nn, onnx, optim, testing  # noqa: F401
 from .gradcheck import GradcheckError, TensorCheck, gradcheck
 from .layers import (AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d,
                      ConvReLUMaxPool2d, Dropout, Flatten, Identity, Layer, LeakyReLU, Linear,

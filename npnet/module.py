@@ -107,6 +107,12 @@ class Module:
     #: uses it for the first call of the input, whose gradient is computed only if read.
     can_skip_grad_in = False
 
+    #: A layer whose output for one sample depends on the other samples of the batch in
+    #: training mode (batch norm: every output uses the batch's mean and variance).
+    #: ``npnet.testing.assert_layer_correct`` checks that samples are independent unless a
+    #: module of the model declares this, and its report says which one did.
+    mixes_samples = False
+
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         if "backward" in cls.__dict__:

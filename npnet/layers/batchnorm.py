@@ -34,6 +34,8 @@ class _BatchNorm(Module):
     #: the input's number of dimensions it accepts, and how torch names them
     ndims: tuple = ()
     layout: str = ""
+    #: in training each output is normalised by the whole batch's statistics
+    mixes_samples = True
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
                  track_running_stats=True, *, dtype=np.float32):
