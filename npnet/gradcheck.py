@@ -99,7 +99,8 @@ class TensorCheck:
                          f"left and {right:.4g} from the right ({_side(a, left, right)} "
                          f"{a:.4g})")
         if self.n_kinks > SHOWN_KINKS:
-            lines.append(f"       ... and {self.n_kinks - SHOWN_KINKS} more kinks")
+            more = self.n_kinks - SHOWN_KINKS
+            lines.append(f"       ... and {more} more kink{'s' if more > 1 else ''}")
         return "\n".join(lines)
 
 
@@ -227,18 +228,25 @@ def gradcheck(layer: Module, x: np.ndarray, *, eps=1e-6, atol=1e-5, rtol=1e-3,
         for row in npnet.gradcheck(Square(), x):
             print(row)
     """
-    _check_arguments(layer, x, mode)
+    check_arguments(layer, x, mode)
     rng = np.random.default_rng(0) if rng is None else rng
-    with _kept_state(layer):
-        layer.train()
-        report = _check(layer, x if x.flags.writeable else x.copy(), eps, atol, rtol, mode,
-                        n_directions, full_max, rng, grad_out)
+    report = run(layer, x, eps, atol, rtol, mode, n_directions, full_max, rng, grad_out)
     if raise_on_fail and not report.passed:
         raise GradcheckError("gradcheck failed: " + str(report), report)
     return report
 
 
-def _check_arguments(layer, x, mode):
+def run(layer, x, eps, atol, rtol, mode, n_directions, full_max, rng, grad_out):
+    """The check itself, for gradcheck and npnet.testing: in training mode, with the
+    layer's state put back afterwards; a read-only x is perturbed through a copy."""
+    with _kept_state(layer):
+        layer.train()
+        return _check(layer, x if x.flags.writeable else x.copy(), eps, atol, rtol, mode,
+                      n_directions, full_max, rng, grad_out)
+
+
+def check_arguments(layer, x, mode):
+    """Refuse what the check cannot use: a float32 input or parameter, an unknown mode."""
     if not isinstance(x, np.ndarray) or x.dtype != np.float64:
         raise ValueError("gradcheck: x must be a float64 array (float32 central differences "
                          f"are good to ~1e-3 only), got {getattr(x, 'dtype', type(x))}")

@@ -29,12 +29,11 @@ import copy
 import numpy as np
 
 from .autograd import tape_of
-from .gradcheck import GradcheckError, GradcheckReport, _check_arguments, _kept_state, \
-    _check
+from .gradcheck import GradcheckError, GradcheckReport, check_arguments, run
 from .module import Module
 from .tensor import realize
 
-__all__ = ["assert_layer_correct", "GradcheckError"]
+__all__ = ["assert_layer_correct", "GradcheckError", "GradcheckReport"]
 
 #: how many times ``redraw_kinks=True`` re-draws the input at most
 REDRAWS = 3
@@ -87,14 +86,10 @@ def assert_layer_correct(layer: Module, x: np.ndarray, *, eps=1e-6, atol=1e-5, r
         layer64 = layer
     else:
         layer64 = copy.deepcopy(layer).to(np.float64)
-    _check_arguments(layer64, x64, mode)
+    check_arguments(layer64, x64, mode)
 
     def gradients(x64):
-        with _kept_state(layer64):
-            layer64.train()
-            work = x64 if x64.flags.writeable else x64.copy()
-            return _check(layer64, work, eps, atol, rtol, mode, n_directions, full_max, rng,
-                          grad_out)
+        return run(layer64, x64, eps, atol, rtol, mode, n_directions, full_max, rng, grad_out)
 
     report = gradients(x64)
     redraws = 0

@@ -103,7 +103,8 @@ def test_refuses_float32(rng):
 
 
 def test_refuses_an_unknown_mode(rng):
-    with pytest.raises(ValueError, match=r"mode must be 'full', 'random' or 'auto', got 'fast'"):
+    with pytest.raises(ValueError, match=r"mode must be 'full', 'random' or 'auto', "
+                                         r"got 'fast'"):
         npnet.gradcheck(Linear(3, 2, dtype=np.float64, rng=rng), np.ones((2, 3)), mode="fast")
 
 

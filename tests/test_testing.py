@@ -108,7 +108,7 @@ def test_bad_arguments_are_refused_in_one_line(rng):
         assert_layer_correct(npnet.ReLU(), np.ones((2, 3)), mode="every")
 
 
-# -- the gallery of broken layers: each is caught, and the message names its fault --------------
+# -- the gallery of broken layers: each is caught, and the message names its fault ----------
 class WrongInputGrad(Affine):
     def backward(self, grad_out):
         x, w = self._cache
@@ -322,7 +322,7 @@ def test_several_faults_are_all_named(rng, draw):
     assert kinds(info.value) == ["grad_out modified", "accumulation"]
 
 
-# -- kinks and ties ------------------------------------------------------------------------------
+# -- kinks and ties ------------------------------------------------------------------------
 def test_relu_at_zero_passes_with_its_kinks_reported(rng):
     x = np.maximum(rng.standard_normal((3, 4)), 0.0)          # many exact zeros
     zeros = int(np.sum(x == 0))

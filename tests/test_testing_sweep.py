@@ -123,13 +123,18 @@ def test_no_false_alarm_over_hundreds_of_right_layers(draw):
         x = laid_out(draw(shape, dtype), layout)
         kept = x.copy()
         try:
-            assert_layer_correct(layer, x, rng=r)
+            report = assert_layer_correct(layer, x, rng=r)
         except AssertionError as e:
             params = [(n, p.data.shape, p.data.strides) for n, p in layer.named_parameters()]
-            raise AssertionError(f"case {case}: a right {kind} failed, parameters (name, shape, "
-                                 f"strides) {params}, input {shape} laid out {layout}:\n{e}") \
-                from None
+            raise AssertionError(f"case {case}: a right {kind} failed, parameters (name, "
+                                 f"shape, strides) {params}, input {shape} laid out "
+                                 f"{layout}:\n{e}") from None
         np.testing.assert_array_equal(x, kept)
+        # distinct values away from 0: no ReLU kink and no max-pool tie within the step, so
+        # a kink found here would be a false one (an element silently not compared)
+        assert all(t.n_kinks == 0 for t in report), f"case {case}, {kind}:\n{report}"
+        assert all(t.mode == "full" and t.compared == int(np.prod(t.shape))
+                   for t in report), str(report)             # small: every element compared
         kinds[kind] += 1
         input_layouts[layout] += 1
         dtypes[np.dtype(dtype).name] += 1
