@@ -135,7 +135,12 @@ def _check_dtypes(layer, x, report, rng):
     for dt in (np.float32, np.float64):
         name = np.dtype(dt).name
         m = copy.deepcopy(layer).to(dt).train()
-        y = np.asarray(realize(m(x.astype(dt))))
+        try:
+            y = np.asarray(realize(m(x.astype(dt))))
+        except (ValueError, TypeError) as e:       # e.g. an array kept outside self.params
+            report.fault("dtype", f"converted with .to(np.{name}), the layer refused a "
+                         f"{name} input: {type(e).__name__}: {e}")
+            continue
         if y.dtype != dt:
             report.fault("dtype", f"a {name} input gave a {y.dtype} output; a layer "
                          "keeps its input's dtype (a float64 constant or np.float64 scalar "

@@ -290,6 +290,24 @@ def test_a_backward_that_returns_a_parameter(draw):
         in str(info.value)
 
 
+def test_a_layer_that_refuses_the_other_dtype(draw):
+    class KeepsAFloat64Array(npnet.Layer):      # an array outside self.params: .to() skips it
+        def __init__(self):
+            super().__init__()
+            self.a = np.eye(3)
+
+        def forward(self, x):
+            if x.dtype != self.a.dtype:
+                raise ValueError(f"input is {x.dtype}, the layer {self.a.dtype}")
+            return x @ self.a
+
+        def backward(self, grad_out):
+            return grad_out @ self.a.T
+    text = caught(KeepsAFloat64Array(), draw((2, 3)))
+    assert "converted with .to(np.float32), the layer refused a float32 input: ValueError: " \
+           "input is float32, the layer float64" in text
+
+
 def test_a_layer_mixing_samples_is_caught_unless_it_says_so(draw):
     x = draw((4, 3))
     text = caught(MixesSamples(), x)
