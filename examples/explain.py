@@ -59,6 +59,9 @@ DOCS = {"Conv2d": "conv.md", "ReLU": "activations.md", "Tanh": "activations.md",
         "BatchNorm1d": "batchnorm.md", "AdaptiveAvgPool2d": "adaptive_avgpool.md",
         "Dropout": "dropout.md"}
 ACTIVATIONS = (npnet.ReLU, npnet.Tanh)
+# the layers whose elements the page spells out (explain_forward, explain_backward)
+EXPLAINED = (npnet.Conv2d, npnet.Linear, npnet.MaxPool2d, npnet.AvgPool2d, npnet.Flatten,
+             *ACTIVATIONS)
 # layers that compute differently in training mode, where backward needs the model
 TRAIN_ONLY_DIFFERENT = (npnet.BatchNorm1d, npnet.BatchNorm2d, npnet.Dropout)
 
@@ -288,7 +291,8 @@ class Explainer:
         kind = type(r.layer).__name__
         return {"name": name, "type": kind, "repr": repr(r.layer),
                 "input_shape": list(r.input.shape[1:]), "output_shape": list(r.output.shape[1:]),
-                "doc": f"docs/layers/{DOCS[kind]}" if kind in DOCS else None}
+                "doc": f"docs/layers/{DOCS[kind]}" if kind in DOCS else None,
+                "explained": isinstance(r.layer, EXPLAINED)}
 
 
 def softmax(z):
@@ -318,8 +322,8 @@ def explain_forward(layer, x, idx):
 
     Conv2d: the input window under the filter, the filter, their products, sum and bias.
     Linear: the input row, the weight row, products, sum, bias.  Pooling: the window and
-    its maximum or mean.  An activation: its input and the function.  Only what the
-    layer's docs page derives; the value npnet computed is sent beside it.
+    its maximum or mean.  An activation: its input.  Flatten: where the number came from.
+    Only what the layer's docs page derives; the value npnet computed is sent beside it.
     """
     if isinstance(layer, npnet.Conv2d):
         f, i, j = idx
@@ -342,15 +346,18 @@ def explain_forward(layer, x, idx):
                 "value": float(value)}
     if isinstance(layer, ACTIVATIONS):
         return {"kind": type(layer).__name__.lower(), "input": float(x[idx])}
-    raise BadRequest(f"the page explains the elements of conv, pool, linear and activation "
-                     f"layers, not of {type(layer).__name__}")
+    if isinstance(layer, npnet.Flatten):             # the same number, at a new place
+        return {"kind": "flatten", "input": float(x.ravel()[idx[0]]),
+                "from": list(map(int, np.unravel_index(idx[0], x.shape)))}
+    raise BadRequest(f"the page explains the elements of conv, pool, linear, activation and "
+                     f"flatten layers, not of {type(layer).__name__}")
 
 
 def _weighted_sum(kind, inputs, weights, bias, k, origin=None):
     products = inputs * weights
     return {"kind": kind, "inputs": inputs.tolist(), "weights": weights.tolist(),
             "products": products.tolist(), "sum": float(products.sum()),
-            "bias": 0.0 if bias is None else float(bias[k]),
+            "bias": 0.0 if bias is None else float(bias[k]), "has_bias": bias is not None,
             "total": float(products.sum() + (0.0 if bias is None else bias[k])),
             "origin": origin}
 
@@ -428,40 +435,61 @@ TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=u
 
 
 class Handler(BaseHTTPRequestHandler):
-    """GET the page, its files, /api/info, /api/digits and the docs pages; POST /api/*.
+    """GET the page, its files, the docs pages, /api/info and /api/digits; POST /api/*.
 
     Every answer is whole: a JSON body with an 'error' on any failure, 4xx for the
     request's faults, 500 (logged) for the server's; a request never stops the server.
     """
     explainer: Explainer = None                 # set by make_server
     server_version = "npnet-explain"
+    timeout = 30                                # seconds a client may take to send its request
 
     def do_GET(self):
-        path = self.path.split("?", 1)[0]
+        self._answer(self._get)
+
+    def do_POST(self):
+        self._answer(self._post)
+
+    def do_PUT(self):
+        self._answer(self._not_allowed)
+
+    do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = do_PUT
+
+    def _get(self, path):
         if path in FILES:
             return self._file(STATIC / FILES[path])
-        if path.startswith("/docs/layers/") and path[len("/docs/layers/"):] in DOCS.values():
-            return self._file(DOCS_DIR / path[len("/docs/layers/"):])
+        page = path[len("/docs/layers/"):]
+        if path.startswith("/docs/layers/") and page in DOCS.values():
+            return self._file(DOCS_DIR / page)
         if path == "/api/info":
             return self._json(HTTPStatus.OK, self.explainer.info())
         if path == "/api/digits":
             return self._json(HTTPStatus.OK, self.explainer.digits)
-        self._json(HTTPStatus.NOT_FOUND, {"error": f"no such page: {path}"})
+        if path in ROUTES:
+            raise BadRequest(f"{path} answers POST only", HTTPStatus.METHOD_NOT_ALLOWED)
+        raise BadRequest(f"no such page: {path}", HTTPStatus.NOT_FOUND)
 
-    def do_POST(self):
+    def _post(self, path):
+        if path not in ROUTES:
+            raise BadRequest(f"no such route: POST {path}", HTTPStatus.NOT_FOUND)
+        req = self._body()
+        self._json(HTTPStatus.OK, getattr(self.explainer, ROUTES[path])(req))
+
+    def _not_allowed(self, path):
+        raise BadRequest(f"{self.command} is not served (GET and POST are)",
+                         HTTPStatus.METHOD_NOT_ALLOWED)
+
+    def _answer(self, method):
+        """Run one method of this handler; a failure becomes a JSON error answer."""
         path = self.path.split("?", 1)[0]
         try:
-            if path not in ROUTES:
-                raise BadRequest(f"no such route: POST {path}", HTTPStatus.NOT_FOUND)
-            req = self._body()
-            answer = getattr(self.explainer, ROUTES[path])(req)
+            method(path)
         except BadRequest as e:
-            return self._json(e.status, {"error": str(e)})
+            self._json(e.status, {"error": str(e)})
         except Exception as e:                  # a bug of ours: say so, keep serving
-            self.log_error("%s: %r", path, e)
-            return self._json(HTTPStatus.INTERNAL_SERVER_ERROR,
-                              {"error": f"internal error: {type(e).__name__}: {e}"})
-        self._json(HTTPStatus.OK, answer)
+            self.log_error("%s %s: %r", self.command, path, e)
+            self._json(HTTPStatus.INTERNAL_SERVER_ERROR,
+                       {"error": f"internal error: {type(e).__name__}: {e}"})
 
     def _body(self):
         """The request's JSON, read only after its announced length passed the cap."""
@@ -479,13 +507,21 @@ class Handler(BaseHTTPRequestHandler):
             raise BadRequest(f"the body may hold at most {MAX_BODY} bytes, not {length}",
                              HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
         try:
-            return json.loads(self.rfile.read(length))
+            body = self.rfile.read(length)
+        except TimeoutError:
+            self.close_connection = True
+            raise BadRequest(f"the body did not arrive within {self.timeout} s",
+                             HTTPStatus.REQUEST_TIMEOUT) from None
+        if len(body) < length:
+            self.close_connection = True
+            raise BadRequest(f"the body ended after {len(body)} of {length} bytes")
+        try:
+            return json.loads(body)
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise BadRequest(f"malformed JSON: {e}") from None
 
     def _file(self, path):
-        body = path.read_bytes()
-        self._send(HTTPStatus.OK, body, TYPES[path.suffix])
+        self._send(HTTPStatus.OK, path.read_bytes(), TYPES[path.suffix])
 
     def _json(self, status, obj):
         self._send(status, json.dumps(obj).encode(), "application/json")
@@ -496,11 +532,19 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
         self.end_headers()
-        self.wfile.write(body)
+        if self.command != "HEAD":
+            self.wfile.write(body)
 
-    def log_message(self, format, *args):     # one line per failure only, not per request
-        if args and str(args[1] if len(args) > 1 else "").startswith(("4", "5")):
-            super().log_message(format, *args)
+    def send_error(self, code, message=None, explain=None):
+        """The HTTP layer's own refusals (a garbled request line, headers too long) in JSON
+        too, like every other answer."""
+        self.close_connection = True
+        self._json(code, {"error": message or HTTPStatus(code).phrase})
+
+    def log_request(self, code="-", size="-"):
+        """Log the failures only: a page that redraws as you draw makes many requests."""
+        if isinstance(code, int) and code >= 400:
+            super().log_request(code, size)
 
 
 def make_server(explainer, port=8000):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import json
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -184,6 +185,7 @@ def test_info_lists_the_layer_calls_with_shapes_and_pages(lenet):
         assert layer["input_shape"] == list(r.input.shape[1:])
         assert layer["output_shape"] == list(r.output.shape[1:])
         assert (ROOT / layer["doc"]).is_file()
+        assert layer["explained"] is True                 # every layer of LeNet-5
 
 
 def test_the_picker_holds_right_and_misclassified_digits(lenet, images):
@@ -229,7 +231,7 @@ def test_a_drawing_is_centred_as_mnist_digits_are(lenet, explain, load_example):
 @pytest.mark.parametrize("layer,index", [("conv1", [2, 0, 27]), ("conv2", [5, 4, 6]),
                                          ("conv3", [17, 0, 0]), ("fc1", [40]), ("fc2", [3]),
                                          ("pool1", [1, 7, 8]), ("pool2", [9, 2, 3]),
-                                         ("act2", [4, 4, 4])])
+                                         ("act2", [4, 4, 4]), ("flatten", [77])])
 def test_an_element_is_spelled_out_and_sums_to_npnets_output(lenet, images, layer, index):
     server, path = lenet
     picture = images[0][11]
@@ -244,10 +246,12 @@ def test_an_element_is_spelled_out_and_sums_to_npnets_output(lenet, images, laye
                                    rtol=1e-15)
         w = r.layer.params["weight"][index[0]]
         np.testing.assert_array_equal(e["weights"], w)
-        assert e["bias"] == r.layer.params["bias"][index[0]]
+        assert e["bias"] == r.layer.params["bias"][index[0]] and e["has_bias"] is True
         assert abs(e["total"] - y) <= SUM_ATOL
     elif e["kind"] == "max":
         assert e["value"] == y and np.max(e["window"]) == y
+    elif e["kind"] == "flatten":
+        assert e["from"] == [77, 0, 0] and e["input"] == y == r.input[0][77, 0, 0]
     else:
         assert e["kind"] == "relu" and e["input"] == r.input[0][tuple(index)]
     if layer == "conv2":                                 # and the ReLU after it
@@ -336,6 +340,9 @@ def test_the_resnet_gets_its_forward_view_and_a_reason_for_no_backward(explain, 
     try:
         status, info = ask(server, "GET", "/api/info")
         assert info["backward"] is False and "batch norm" in info["why_no_backward"]
+        explained = {l["name"]: l["explained"] for l in info["layers"]}
+        assert explained["conv1"] and explained["layer1.0.relu"] and explained["fc"]
+        assert not explained["bn1"] and not explained["avgpool"]
         picture = images[0][4]
         answer = post(server, "/api/forward", {"image": (picture / 255).tolist()})
         model = reference(path).eval()
@@ -343,7 +350,11 @@ def test_the_resnet_gets_its_forward_view_and_a_reason_for_no_backward(explain, 
         np.testing.assert_allclose(answer["logits"], z, rtol=1e-12)
         e = post(server, "/api/element", {"image": (picture / 255).tolist(),
                                           "layer": "layer1.0.conv1", "index": [3, 5, 5]})
-        assert abs(e["total"] - e["output"]) <= SUM_ATOL and e["bias"] == 0.0
+        assert abs(e["total"] - e["output"]) <= SUM_ATOL
+        assert e["bias"] == 0.0 and e["has_bias"] is False        # bias=False: none
+        status, err = ask(server, "POST", "/api/element", {"image": (picture / 255).tolist(),
+                                                           "layer": "bn1", "index": [0, 0, 0]})
+        assert status == 400 and "not of BatchNorm2d" in err["error"]
         status, err = ask(server, "POST", "/api/backward",
                           {"image": (picture / 255).tolist(), "target": 0})
         assert status == 409 and "batch norm" in err["error"]
@@ -380,8 +391,6 @@ def test_bad_requests_get_a_4xx_and_a_message_and_the_server_lives_on(lenet, ima
          {}, 400, "unknown layer 'conv9'"),
         ("POST", "/api/element", json.dumps({**good, "layer": "conv1",
                                              "index": [6, 0, 0]}).encode(), {}, 400, "index"),
-        ("POST", "/api/element", json.dumps({**good, "layer": "flatten",
-                                             "index": [0]}).encode(), {}, 400, "Flatten"),
         ("POST", "/api/chain", json.dumps({**good, "target": 10, "layer": "fc2",
                                            "index": [0]}).encode(), {}, 400, "target"),
         ("POST", "/api/chain", json.dumps({**good, "target": True, "layer": "fc2",
@@ -392,6 +401,9 @@ def test_bad_requests_get_a_4xx_and_a_message_and_the_server_lives_on(lenet, ima
          "unknown layer None"),
         ("POST", "/api/nothing", b"{}", {}, 404, "no such route"),
         ("GET", "/api/nothing", None, {}, 404, "no such page"),
+        ("GET", "/api/forward", None, {}, 405, "POST only"),
+        ("PUT", "/api/forward", b"{}", {}, 405, "PUT is not served"),
+        ("DELETE", "/", None, {}, 405, "DELETE is not served"),
         # a huge body is refused from its announced length: none of it is sent, and the
         # answer comes without the server waiting for it
         ("POST", "/api/forward", None, {"Content-Length": str(10 ** 9)}, 413, "at most"),
@@ -408,6 +420,17 @@ def test_bad_requests_get_a_4xx_and_a_message_and_the_server_lives_on(lenet, ima
     r = conn.getresponse()
     assert r.status == 411 and "Content-Length" in json.loads(r.read())["error"]
     conn.close()
+    # a body shorter than announced, the client then gone quiet; and garbage for a request
+    for raw, message in [
+            (b"POST /api/forward HTTP/1.1\r\nContent-Length: 100\r\n\r\n{\"image\"",
+             "the body ended after 8 of 100 bytes"),
+            (b"\x00\x01 GARBAGE \xff\r\n\r\n", "Bad request version")]:
+        with socket.create_connection(("127.0.0.1", server.server_port), timeout=30) as sock:
+            sock.sendall(raw)
+            sock.shutdown(socket.SHUT_WR)
+            answer = sock.makefile("rb").read()
+        # the garbled request is answered as HTTP/0.9 is: a body without a status line
+        assert json.loads(answer.split(b"\r\n\r\n")[-1])["error"].startswith(message), answer
     assert len(post(server, "/api/forward", good)["probs"]) == 10
 
 

@@ -139,6 +139,31 @@ def test_drawing_updates_the_prediction_and_the_layers(page, site, load_example)
     assert page.inner_text("#bars .bar[data-class='0'] .p") == "-"
 
 
+def test_a_finger_draws_too(browser, site):
+    """Touch events (as a phone's) draw like the mouse: the canvas listens to pointer
+    events, which a touch screen sends as well."""
+    context = browser.new_context(viewport={"width": 1500, "height": 1000}, has_touch=True)
+    try:
+        page = context.new_page()
+        page.goto(site[0])
+        page.wait_for_selector("#picker .digit")
+        box = page.locator("#draw").bounding_box()
+        cdp = context.new_cdp_session(page)
+        x0, y0 = box["x"] + 100, box["y"] + 140
+        cdp.send("Input.dispatchTouchEvent", {"type": "touchStart",
+                                              "touchPoints": [{"x": x0, "y": y0}]})
+        for k in range(1, 16):                              # a horizontal stroke: a "-"
+            cdp.send("Input.dispatchTouchEvent", {"type": "touchMove",
+                                                  "touchPoints": [{"x": x0 + 6 * k, "y": y0}]})
+        cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
+        settle(page)
+        drawing = np.array(page.evaluate("state.image"))
+        assert drawing[14, 11:18].min() > 0.5 and drawing[:10].max() == 0
+        assert page.inner_text("#bars .bar[data-class='0'] .p") != "-"
+    finally:
+        context.close()
+
+
 def test_a_conv_elements_sum_is_npnets_output(page, site):
     digit = page.locator("#picker .digit").first
     index = int(digit.get_attribute("data-index"))

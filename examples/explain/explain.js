@@ -248,7 +248,10 @@ function heat(layer, role, values, H, W, zoom, scale, indexOf, title) {
     const r = c.getBoundingClientRect();
     const i = Math.floor((ev.clientY - r.top) / r.height * H), j = Math.floor((ev.clientX - r.left) / r.width * W);
     const index = indexOf(i, j);
-    if (index) { state.selected = {layer: layer.name, role, index}; render(); explain(state.selected).catch(showError); }
+    if (!index) return;
+    state.selected = {layer: layer.name, role, index};
+    render();
+    explain(state.selected).catch(showError);
   });
   // mark the selected element
   if (sel && sel.layer === layer.name && sel.role === role) {
@@ -292,7 +295,11 @@ function render() {
 async function explain(sel) {
   const body = document.getElementById("detail-body");
   const names = state.info.layers.map(l => l.name);
+  const explained = layer => state.info.layers.find(l => l.name === layer).explained;
+  const unexplained = layer => [el("p", {text: `The page spells out the elements of convolution, pooling, linear, ` +
+    `activation and flatten layers; ${layer} is not one of them: its derivation page explains it.`})];
   if (sel.role === "output") {
+    if (!explained(sel.layer)) { body.replaceChildren(...unexplained(sel.layer)); return; }
     const e = await api("/api/element", request({layer: sel.layer, index: sel.index}));
     body.replaceChildren(...forwardView(e));
   } else {
@@ -303,6 +310,7 @@ async function explain(sel) {
       if (!next) { body.replaceChildren(...lossView(sel)); return; }
       layer = next;
     }
+    if (!explained(layer)) { body.replaceChildren(...unexplained(layer)); return; }
     const e = await api("/api/chain", request({layer, index: sel.index}));
     body.replaceChildren(...chainView(e, sel));
   }
@@ -343,13 +351,16 @@ function forwardView(e) {
   } else if (e.kind === "max" || e.kind === "mean") {
     out.push(el("p", {text: `The ${e.kind} of the ${e.window.length}\u00d7${e.window[0].length} window at ${at(e.origin)} of channel ${e.index[0]}:`}),
              grid(e.window), el("p", {text: `${e.kind} = ${fmt(e.value, 6)}`}));
+  } else if (e.kind === "flatten") {
+    out.push(el("p", {text: `The same number as the input at ${at(e.from)}: flatten only lays the maps out as one vector.`}));
   } else {
-    out.push(el("p", {text: `${e.type}(x) with x = ${fmt(e.input, 6)}`}));
+    out.push(el("p", {text: `${e.type}(x) with x = ${fmt(e.input, 6)}` +
+      (e.kind === "relu" ? ": max(0, x)" : e.kind === "tanh" ? ": (e\u02e3 \u2212 e\u207b\u02e3) / (e\u02e3 + e\u207b\u02e3)" : "")}));
   }
   if (e.kind === "conv" || e.kind === "linear")
     summary.push(el("table", {class: "sum"},
       el("tr", {}, el("td", {text: "sum of the products"}), el("td", {id: "fwd-sum", text: fmt(e.sum, 6)})),
-      el("tr", {}, el("td", {text: "+ bias"}), el("td", {id: "fwd-bias", text: fmt(e.bias, 6)})),
+      el("tr", {}, el("td", {text: e.has_bias ? "+ bias" : "+ bias (this layer has none)"}), el("td", {id: "fwd-bias", text: fmt(e.bias, 6)})),
       el("tr", {class: "total"}, el("td", {text: "= y"}), el("td", {id: "fwd-total", text: fmt(e.total, 6)}))));
   summary.push(el("p", {class: "npnet"}, "npnet's output there: ",
     el("b", {id: "fwd-npnet", text: fmt(e.output, 6)})));
