@@ -44,7 +44,7 @@ from npnet import data as npdata
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))                 # the sibling examples used below
 import backprop_step_by_step as steps         # noqa: E402  (check_here: gradcheck at a point)
-import predict                                # noqa: E402  (to_mnist: a drawing in MNIST's form)
+import predict                                # noqa: E402  (to_mnist, softmax)
 
 STATIC = HERE / "explain"                     # the page: index.html, explain.js, explain.css
 DOCS_DIR = HERE.parent / "docs" / "layers"
@@ -135,7 +135,7 @@ class Explainer:
             tape = self._trace(picture)
         logits = tape[self.layers[-1]["name"]].output[0]
         return {"input": (picture / 255.0).round(4).tolist(), "logits": logits.tolist(),
-                "probs": softmax(logits).tolist(),
+                "probs": predict.softmax(logits[None])[0].tolist(),
                 "layers": [{"name": n, "output": _maps(r.output[0])}
                            for n, r in tape.records.items()]}
 
@@ -221,7 +221,7 @@ class Explainer:
         return tape, value
 
     def _picker(self, n):
-        """A few test digits the model gets right and a few it gets wrong, first first.
+        """The first PICKER test digits the model gets right and the first it gets wrong.
 
         ``n`` limits the search to the first n test images (None: all 10,000)."""
         load = npdata.load_fashion_mnist if self.dataset == "fashion-mnist" else npdata.load_mnist
@@ -239,7 +239,11 @@ class Explainer:
 
     # reading requests -------------------------------------------------------------------
     def _picture(self, req):
-        """The request's image as a (28, 28) uint8 picture, in MNIST's form if asked."""
+        """The request's image as a (28, 28) uint8 picture, in MNIST's form if asked.
+
+        ``centre`` applies to MNIST checkpoints only: Fashion-MNIST's pictures are the
+        whole photograph scaled, neither cropped nor centred (predict.to_fashion_mnist).
+        """
         if not isinstance(req, dict):
             raise BadRequest("the request body must be a JSON object")
         image = req.get("image")
@@ -293,11 +297,6 @@ class Explainer:
                 "input_shape": list(r.input.shape[1:]), "output_shape": list(r.output.shape[1:]),
                 "doc": f"docs/layers/{DOCS[kind]}" if kind in DOCS else None,
                 "explained": isinstance(r.layer, EXPLAINED)}
-
-
-def softmax(z):
-    e = np.exp(z - z.max())
-    return e / e.sum()
 
 
 def _maps(a):
