@@ -566,8 +566,11 @@ def main(argv=None):
         print(f"error: no checkpoint at {path}: train one with `make train` (or pass "
               "--checkpoint PATH)", file=sys.stderr)
         return 2
-    if not 0 <= args.port <= 65535 or (args.test_images is not None and args.test_images < 1):
-        print("error: --port must be in [0, 65535] and --test-images at least 1",
+    if not 0 <= args.port <= 65535:
+        print(f"error: --port must be in [0, 65535], got {args.port}", file=sys.stderr)
+        return 2
+    if args.test_images is not None and args.test_images < 1:
+        print(f"error: --test-images must be at least 1, got {args.test_images}",
               file=sys.stderr)
         return 2
     try:

@@ -132,6 +132,12 @@ def test_a_bad_checkpoint_exits_2_with_one_line(explain, tmp_path, capsys):
     npnet.save(ckpt, unknown)
     assert explain.main(["--checkpoint", str(unknown)]) == 2
     assert "unknown model 'vgg'" in capsys.readouterr().err
+    good = save_checkpoint(tmp_path / "g.npz", "lenet5", 0)
+    for flags, message in [(["--port", "70000"], "--port must be in [0, 65535], got 70000"),
+                           (["--test-images", "0"], "--test-images must be at least 1")]:
+        assert explain.main(["--checkpoint", str(good), *flags]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1
 
 
 def test_the_script_serves_on_localhost_and_prints_its_url(lenet):

@@ -64,6 +64,9 @@ def page(browser, site):
     page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}")
             if m.type == "error" else None)
     page.on("requestfailed", lambda r: problems.append(f"failed: {r.url}"))
+    # nothing but the page's own server: no CDN, no font, no outside request
+    page.on("request", lambda r: None if r.url.startswith((site[0], "data:"))
+            else problems.append(f"outside request: {r.url}"))
     page.goto(site[0])
     page.wait_for_selector("#picker .digit")
     yield page
