@@ -135,9 +135,11 @@ def parse_args(argv=None):
     except ValueError as e:
         p.error(str(e))
     fill_defaults(args)
-    if args.stop_after is not None and not 1 <= args.stop_after <= args.epochs:
-        p.error(f"--stop-after must be an int from 1 to --epochs ({args.epochs}), got "
-                f"{args.stop_after}")
+    # --stop-after counts epochs, so the rule of --epochs (a resumed run's --epochs is
+    # known only later; more than it simply never stops the run)
+    wanted = args.stop_after is not None and run_checkpoint.SETTINGS["epochs"](args.stop_after)
+    if wanted:
+        p.error(f"--stop-after must be {wanted}, got {args.stop_after}")
     return args, given
 
 

@@ -163,12 +163,12 @@ def _check(ckpt, resume: bool) -> None:
             raise ValueError(f"'history.{key}' must be a list of {epoch} values (one per "
                              "epoch)")
         rule = (_int(1, epochs) if key == "epoch" else
-                _real(lambda v: 0 <= v <= 1, "in [0, 1]") if key.endswith("accuracy") else
-                _real(lambda v: math.isfinite(v) and v >= 0, "finite and >= 0"))
+                _real(lambda v: 0 <= v <= 1, "a number in [0, 1]") if key.endswith("accuracy")
+                else _real(lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0"))
         bad = [v for v in values if rule(v) is not None]
         if bad:
-            raise ValueError(f"'history.{key}' holds {bad[0]!r}, expected numbers "
-                             f"{rule(bad[0]).removeprefix('an int ')}")
+            raise ValueError(f"'history.{key}' holds {bad[0]!r}; each value must be "
+                             f"{rule(bad[0])}")
     if history["epoch"] != list(range(1, epoch + 1)):
         raise ValueError(f"'history.epoch' must count 1 to {epoch}")
     best = ckpt.get("best_val")

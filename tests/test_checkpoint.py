@@ -65,7 +65,8 @@ BAD_FIELDS = {
     "epoch-vs-history": ("epoch", 1, r"'history.epoch' must be a list of 1 values"),
     "best-val": ("best_val", 0.5, "'best_val' must be the best of 'history.val_accuracy'"),
     "rng": ("rng", {"bit_generator": "MT19937", "state": {}}, "'rng' is not the state of"),
-    "history-nan": ("history.train_loss", [float("nan")], "'history' must have|list of 0"),
+    "history-length": ("history.train_loss", [0.5], r"'history.train_loss' must be a list "
+                       "of 0 values"),
     "weights-nan": ("model.conv1.bias", np.full(6, np.nan, np.float32),
                     r"'model.conv1.bias' holds nan or inf"),
     "weights-object": ("model", [1, 2], "'model' must be a dict of arrays"),
@@ -92,6 +93,32 @@ def test_a_bad_checkpoint_field_is_a_one_line_error_and_leaves_nothing(train, tm
     assert str(src / "last.npz") in err and re.search(match, err), err
     assert "loading" not in captured.out              # refused before the data is read
     assert not (tmp_path / "new").exists()            # no folder, no file
+
+
+def one_epoch(train):
+    """A valid checkpoint after one (pretended) epoch."""
+    ckpt = fresh_checkpoint(train)
+    history = {"epoch": [1], "train_loss": [0.3], "train_accuracy": [0.9],
+               "val_accuracy": [0.95], "lr": [0.05], "seconds": [1.0]}
+    return {**ckpt, "epoch": 1, "history": history, "best_val": 0.95}
+
+
+@pytest.mark.parametrize("key, value, match", [
+    ("train_loss", float("nan"), r"'history.train_loss' holds nan; each value must be a "
+                                 "finite number >= 0"),
+    ("val_accuracy", 1.5, r"'history.val_accuracy' holds 1.5; each value must be a number "
+                          r"in \[0, 1\]"),
+    ("lr", "0.05", "'history.lr' holds '0.05'"),
+    ("epoch", 2, "'history.epoch' must count 1 to 1"),
+], ids=["loss-nan", "accuracy-1.5", "lr-str", "epoch-2"])
+def test_the_history_is_checked_value_by_value(train, tmp_path, key, value, match):
+    path = tmp_path / "last.npz"
+    good = one_epoch(train)
+    npnet.save(good, path)
+    assert npnet.checkpoint.load_checkpoint(path, resume=True)["epoch"] == 1
+    npnet.save({**good, "history": {**good["history"], key: [value]}}, path)
+    with pytest.raises(ValueError, match=match):
+        npnet.checkpoint.load_checkpoint(path, resume=True)
 
 
 def test_predict_uses_the_same_checks(predict, train, tmp_path, capsys):
@@ -130,8 +157,7 @@ def test_load_model_gives_an_eval_model_and_its_settings(train, tmp_path):
     (["--seed", "-1"], "--seed must be an int from 0"),
     (["--limit", "0"], "--limit must be an int from 1 to 50000"),
     (["--eval-limit", "10001"], "--eval-limit must be an int from 1 to 10000"),
-    (["--stop-after", "0"], "--stop-after must be an int from 1 to --epochs"),
-    (["--epochs", "2", "--stop-after", "3"], "--stop-after must be an int from 1 to"),
+    (["--stop-after", "0"], "--stop-after must be an int from 1 to 10000, got 0"),
 ], ids=lambda v: "_".join(v) if isinstance(v, list) else None)
 def test_every_flag_is_range_checked(train, tmp_path, capsys, argv, match):
     with pytest.raises(SystemExit) as info:
