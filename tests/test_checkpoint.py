@@ -95,6 +95,23 @@ def test_a_bad_checkpoint_field_is_a_one_line_error_and_leaves_nothing(train, tm
     assert not (tmp_path / "new").exists()            # no folder, no file
 
 
+def test_resume_and_checkpoint_refuse_a_fifo_at_once(train, predict, tmp_path, capsys):
+    import signal
+    fifo = tmp_path / "last.npz"
+    os.mkfifo(fifo)                        # no writer: reading it would wait forever
+    signal.alarm(20)                       # a regression fails rather than hangs
+    try:
+        assert train.main(["--resume", str(fifo), "--out", str(tmp_path / "o"),
+                           *SMOKE]) == 2
+        assert predict.main(["--checkpoint", str(fifo), str(fifo)]) == 2
+    finally:
+        signal.alarm(0)
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"error: cannot read '{fifo}': it is a FIFO, not a regular checkpoint "
+                   "file"] * 2
+    assert not (tmp_path / "o").exists()
+
+
 def one_epoch(train):
     """A valid checkpoint after one (pretended) epoch."""
     ckpt = fresh_checkpoint(train)

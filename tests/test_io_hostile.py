@@ -185,7 +185,20 @@ def test_a_manifest_over_the_bound_is_refused_unread(tmp_path):
         refused(path, f"more than the {npnet.io.MAX_MANIFEST_BYTES} npnet reads")
 
 
-@pytest.mark.parametrize("depth", [npnet.io.MAX_DEPTH + 1, 100_000], ids=["65", "100000"])
+def test_the_densest_manifest_under_the_bound_stays_within_the_stated_memory(tmp_path):
+    """docs/training.md states 75 MB for directory and manifest together; '{}' is the
+    JSON that costs Python the most per byte (a dict of 64 bytes for 3 bytes)."""
+    path = tmp_path / "dense.npz"
+    items = ",".join(["{}"] * ((npnet.io.MAX_MANIFEST_BYTES - 100) // 3))
+    text = manifest(None).replace(b"null", b'{"type": "list", "items": [' + items.encode()
+                                  + b"]}")
+    assert len(text) <= npnet.io.MAX_MANIFEST_BYTES
+    zip_of(path, {MANIFEST: text})
+    with bounded(seconds=10, peak_bytes=75 << 20):
+        refused(path, "unknown manifest node at 0")
+
+
+@pytest.mark.parametrize("depth", [npnet.io.MAX_DEPTH + 1, 50_000], ids=["65", "50000"])
 def test_a_manifest_nested_too_deep_is_refused(tmp_path, depth):
     root = None
     for _ in range(depth):
@@ -244,20 +257,25 @@ def _good_bytes() -> bytes:
 GOOD_BYTES = _good_bytes()
 NUMBERS = st.one_of(st.integers(-3, 70), st.integers(0, 2**64), st.sampled_from(
     [2**31, 2**32 - 1, 2**40, -1]))
-NODES = st.recursive(
-    st.one_of(st.none(), st.booleans(), NUMBERS, st.text(max_size=5),
-              st.builds(array_node, member=st.sampled_from(
-                  ["arrays/0.npy", "arrays/1.npy", MANIFEST, "nope", ""]),
-                  dtype=st.sampled_from(["<f4", "<f8", "|u1", "|O", "<V8", "?", 7]),
-                  shape=st.lists(NUMBERS, max_size=4))),
-    lambda kids: st.one_of(
-        st.builds(lambda t, items: {"type": t, "items": items},
-                  st.sampled_from(["dict", "odict", "list", "tuple", "set"]),
-                  st.lists(st.one_of(kids, st.tuples(st.text(max_size=3), kids).map(list)),
-                           max_size=4)),
-        st.builds(lambda v: {"type": "float", "value": v},
-                  st.sampled_from(["nan", "inf", "1e400", None]))),
-    max_leaves=12)
+LEAVES = st.one_of(
+    st.none(), st.booleans(), NUMBERS, st.text(max_size=5),
+    st.builds(array_node, member=st.sampled_from(["arrays/0.npy", "arrays/1.npy", MANIFEST,
+                                                  "nope", ""]),
+              dtype=st.sampled_from(["<f4", "<f8", "|u1", "|O", "<V8", "?", 7]),
+              shape=st.lists(NUMBERS, max_size=4)),
+    st.builds(lambda v: {"type": "float", "value": v},
+              st.sampled_from(["nan", "inf", "1e400", None])))
+
+
+def _containers(kids):
+    """Manifest nodes holding ``kids``: dicts (pairs, or not), lists, tuples, unknown."""
+    items = st.lists(st.one_of(kids, st.tuples(st.text(max_size=3), kids).map(list)),
+                     max_size=4)
+    kinds = st.sampled_from(["dict", "odict", "list", "tuple", "set"])
+    return st.builds(lambda kind, xs: {"type": kind, "items": xs}, kinds, items)
+
+
+NODES = st.recursive(LEAVES, _containers, max_leaves=12)
 
 
 @st.composite
