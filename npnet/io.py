@@ -445,6 +445,11 @@ def _read_zip(f, file_size: int):
                 # size: refused before it is opened.
                 raise _Invalid(f"member {info.filename!r} is compressed; npnet.save "
                                "stores members uncompressed")
+            if info.compress_size != info.file_size:
+                # stored means both sizes are one; zipfile would read (and allocate) the
+                # larger of the two
+                raise _Invalid(f"member {info.filename!r} is stored with two sizes, "
+                               f"{info.compress_size} and {info.file_size}")
         if MANIFEST not in names:
             raise _Invalid(f"no {MANIFEST!r} manifest (an npz not written by npnet.save?)")
         if zf.getinfo(MANIFEST).file_size > MAX_MANIFEST_BYTES:

@@ -130,7 +130,6 @@ def _parse(path: str, stream, raw_size: int | None) -> np.ndarray:
         # The cheap, allocation-free check for a raw file: compare with its size on disk.
         raise ValueError(_size_fault(path, shape, dtype, payload_size, raw_size - header_size))
 
-    # At most one byte more than promised: enough to tell "too long" from "exact".
     if raw_size is None:
         payload = stream.read_payload(payload_size)
         # One byte more than promised, if there is one, tells "too long" from "exact".
