@@ -9,22 +9,43 @@ MNIST images themselves were made: grey levels, ink bright on black, cropped to 
 scaled so its longer side is 20 pixels, and centred by its centre of mass in a 28x28 frame.
 A Fashion-MNIST checkpoint gets Fashion-MNIST's form instead: the whole picture scaled to
 28x28, light on black; its classes are printed by name.
+
+Every file gets its own line: a prediction, or `<file>: cannot read: <why>` on stderr; the
+others are still classified, and the exit code is 1 if any failed (2: a bad checkpoint).
+Files are input from anywhere, so each is bounded before it is decoded: a picture may have
+at most Pillow's decompression-bomb limit of pixels (`PIL.Image.MAX_IMAGE_PIXELS`, checked
+as an error), a .npy array as many, of plain numbers, with exactly the bytes its header
+declares.  A photo's EXIF orientation is applied, so a phone's picture is read upright.
 """
 from __future__ import annotations
 
 import argparse
+import math
 import sys
+import warnings
 
 import numpy as np
 
-import npnet
+try:
+    import npnet
+except ValueError as e:                 # e.g. a bad NPNET_NUM_THREADS: one line, not a trace
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
 from npnet import data as npdata
+from npnet.checkpoint import load_model
+from npnet.io import open_regular
+
+
+def max_pixels():
+    """Pillow's decompression-bomb limit, the one bound for pictures and arrays alike."""
+    from PIL import Image
+    return Image.MAX_IMAGE_PIXELS or 2**62
 
 
 def load_image(path):
     """-> float grey levels in [0, 1], (H, W)."""
     if str(path).endswith(".npy"):
-        img = np.asarray(np.load(path, allow_pickle=False))
+        img = _read_npy(path)
         if img.ndim == 3 and img.shape[0] in (1, 3, 4) and img.shape[-1] not in (1, 3, 4):
             img = np.moveaxis(img, 0, -1)              # (C, H, W) -> (H, W, C)
         if img.ndim == 3 and img.shape[-1] == 1:
@@ -42,11 +63,45 @@ def load_image(path):
     return np.clip(img / scale, 0.0, 1.0)
 
 
+def _read_npy(path):
+    """A .npy array, its header checked before any data is read: plain numbers (no
+    structured or object dtype), at most ``max_pixels()`` values, and exactly the bytes
+    the header declares (so a tiny file cannot ask for a huge array)."""
+    fmt = np.lib.format
+    with open_regular(path, ".npy file") as f:
+        size = f.seek(0, 2)
+        f.seek(0)
+        version = fmt.read_magic(f)          # ValueError when not a .npy
+        read_header = fmt.read_array_header_1_0 if version == (1, 0) else \
+            fmt.read_array_header_2_0
+        shape, fortran, dtype = read_header(f)          # at most 10,000 header bytes
+        if dtype.names is not None or dtype.kind not in "buif":
+            raise ValueError(f"a .npy of {dtype} values; expected plain numbers")
+        count = math.prod(shape)
+        if count > max_pixels():
+            raise ValueError(f"a .npy of shape {shape} ({count} values), more than the "
+                             f"{max_pixels()}-pixel limit")
+        if size - f.tell() != count * dtype.itemsize:
+            raise ValueError(f"the .npy header declares {shape} {dtype} "
+                             f"({count * dtype.itemsize} bytes), the file has "
+                             f"{size - f.tell()}")
+        f.seek(0)
+        return fmt.read_array(f, allow_pickle=False)
+
+
 def _read_picture(path):
     """A PNG/JPEG/... as grey levels and the value of white: 8- and 16-bit, with or
-    without alpha (transparent pixels count as white paper)."""
-    from PIL import Image
-    with Image.open(path) as im:
+    without alpha (transparent pixels count as white paper), upright as its EXIF
+    orientation says.  Pillow's decompression-bomb check runs on the header, before
+    decoding; its warning (more than MAX_IMAGE_PIXELS) is made an error here."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+    with open_regular(path, "image file") as f, warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            im = Image.open(f)
+        except UnidentifiedImageError:
+            raise ValueError("not an image file Pillow can read") from None
+        im = ImageOps.exif_transpose(im)     # decodes; a rotated copy if EXIF says so
         if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):       # 16-bit or float grey
             img = np.asarray(im, dtype=np.float64)
             white = 65535.0 if im.mode.startswith("I;16") else max(float(img.max()), 1.0)
@@ -55,6 +110,15 @@ def _read_picture(path):
             paper = Image.new("RGBA", im.size, (255, 255, 255, 255))
             im = Image.alpha_composite(paper, im.convert("RGBA"))
         return np.asarray(im.convert("L"), dtype=np.float64), 255.0
+
+
+# What reading a hostile or broken file may raise: OSError (Pillow's "cannot identify
+# image file" among them), ValueError (numpy's .npy checks and ours), Pillow's bomb
+# error and warning-made-error, and what a corrupt stream makes a decoder raise.
+def _unreadable():
+    from PIL import Image
+    return (ValueError, OSError, EOFError, SyntaxError, IndexError, TypeError,
+            MemoryError, Image.DecompressionBombError, Image.DecompressionBombWarning)
 
 
 def to_mnist(img):
@@ -107,6 +171,11 @@ def to_fashion_mnist(img):
     return np.asarray(small, dtype=np.uint8)
 
 
+def _one_line(err) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if isinstance(err, (ValueError, OSError)) else f"{type(err).__name__}: {text}"
+
+
 def softmax(z):
     z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)
@@ -120,21 +189,12 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     try:
-        ckpt = npnet.load(args.checkpoint)
-        if not isinstance(ckpt, dict) or "model" not in ckpt:
-            raise ValueError(f"{args.checkpoint}: not a checkpoint of train_lenet.py")
-        name = (ckpt.get("args") or {}).get("model", "lenet5")   # older ones: LeNet-5
-        if name not in ("lenet5", "lenet5_classic", "resnet"):
-            raise ValueError(f"{args.checkpoint}: unknown model {name!r} (expected lenet5, "
-                             "lenet5_classic or resnet)")
-        model = getattr(npnet.models, name)()
-        model.load_state_dict(ckpt["model"])
+        model, settings = load_model(args.checkpoint)   # every field checked
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    model.eval()
-    dataset = ckpt.get("args", {}).get("dataset", "mnist")
-    mean, std = npdata.NORMALIZATION.get(dataset, npdata.NORMALIZATION["mnist"])
+    dataset = settings["dataset"]
+    mean, std = npdata.NORMALIZATION[dataset]
     if dataset == "fashion-mnist":
         prepare, names = to_fashion_mnist, npdata.FASHION_MNIST_CLASSES
     else:
@@ -144,12 +204,19 @@ def main(argv=None):
     for path in args.images:
         try:
             picture = prepare(load_image(path))
-        except (ValueError, OSError) as e:
-            print(f"{path}: cannot read: {e}", file=sys.stderr)
+        except _unreadable() as e:
+            print(f"{path}: cannot read: {_one_line(e)}", file=sys.stderr)
             status = 1
             continue
         x = npdata.normalize(picture[None], mean, std)    # (1, 1, 28, 28)
-        probs = softmax(model(x).astype(np.float64))[0]
+        with np.errstate(over="ignore", invalid="ignore"):     # checked just below
+            logits = model(x).astype(np.float64)
+        if not np.all(np.isfinite(logits)):
+            print(f"{path}: error: the model's output is not finite ({logits[0]}): its "
+                  "weights overflow on this image", file=sys.stderr)
+            status = 1
+            continue
+        probs = softmax(logits)[0]
         top = int(probs.argmax())
         ranked = "  ".join(f"{names[k]}:{probs[k]:.3f}" for k in np.argsort(-probs)[:3])
         print(f"{path}: {names[top]}  (p={probs[top]:.3f}; top 3 {ranked})")

@@ -13,29 +13,41 @@ three plots.  Everything written is written atomically: a file is complete or ab
 
 A resumed run continues bit for bit where the checkpoint left it: the checkpoint holds the
 model, the optimizer's momentum, the schedule, the shuffling generator's state, the metrics
-so far and the settings, and a resumed run refuses settings that differ from them.
+so far and the settings, and a resumed run refuses settings that differ from them.  Every
+field of a checkpoint is checked as strictly as the flags (npnet/checkpoint.py), and an
+output folder serves one live run at a time (its lock file, `run.lock`).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-import npnet
+try:
+    import npnet
+except ValueError as e:                 # e.g. a bad NPNET_NUM_THREADS: one line, not a trace
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+from npnet import checkpoint as run_checkpoint
 from npnet import data as npdata
-from npnet.io import atomic_write
+from npnet.io import atomic_write, lock_exclusive
 
 # functions of npnet.models, and how the log names them
 MODEL_NAMES = {"lenet5": "LeNet-5", "lenet5_classic": "LeNet-5 (classic: tanh, average "
                "pooling)", "resnet": "ResNet"}
-MODELS = tuple(MODEL_NAMES)
-# Settings that shape the training trajectory: a resumed run must keep them.
-TRAJECTORY_KEYS = ("model", "dataset", "epochs", "batch_size", "lr", "optimizer",
-                   "momentum", "weight_decay", "shift", "flip", "seed", "limit", "eval_limit")
+MODELS = run_checkpoint.MODELS
+# Settings that shape the training trajectory: a resumed run must keep them.  Their rules
+# (types and ranges) are npnet.checkpoint.SETTINGS, for flags and checkpoints alike.
+TRAJECTORY_KEYS = tuple(run_checkpoint.SETTINGS)
+# Flags that mean something for one optimizer only.
+OPTIMIZER_ONLY = {"momentum": "sgd"}
+LOCK_NAME = "run.lock"
 DEFAULTS = dict(model="lenet5", dataset="mnist", epochs=15, batch_size=64, lr=0.05,
                 optimizer="sgd", momentum=0.9, weight_decay=5e-4, shift=None, flip=None,
                 seed=0, limit=None, eval_limit=None)
@@ -67,7 +79,7 @@ def parse_args(argv=None):
     # the command line set; DEFAULTS fills the rest.
     p.add_argument("--model", choices=MODELS, default=None,
                    help=f"npnet.models.<MODEL>; default {DEFAULTS['model']}")
-    p.add_argument("--dataset", choices=["mnist", "fashion-mnist"], default=None,
+    p.add_argument("--dataset", choices=run_checkpoint.DATASETS, default=None,
                    help=f"default {DEFAULTS['dataset']}")
     resnet = RECIPES["resnet"]
     p.add_argument("--epochs", type=int, default=None,
@@ -108,26 +120,40 @@ def parse_args(argv=None):
                    help="check every layer's output and gradient for nan/inf at every step")
     p.add_argument("--export-onnx", action="store_true",
                    help="also write model.onnx (the best weights, npnet.onnx.export)")
+    p.add_argument("--export-safetensors", action="store_true",
+                   help="also write model.safetensors (the best weights, for torch and "
+                        "the safetensors ecosystem; npnet.save_weights)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--stop-after", type=int, default=None, metavar="EPOCHS",
                    help="stop after this many epochs as if interrupted (to try --resume)")
     args = p.parse_args(argv)
     given = {k for k in TRAJECTORY_KEYS if getattr(args, k) is not None}
+    try:
+        # the flags given, by the rules a checkpoint's settings obey too
+        run_checkpoint.check_settings({k: getattr(args, k) for k in given}, name=flag)
+    except ValueError as e:
+        p.error(str(e))
     fill_defaults(args)
-    if args.epochs < 1 or args.batch_size < 1 or any(
-            v is not None and v < 1 for v in (args.limit, args.eval_limit)):
-        p.error("--epochs, --batch-size, --limit and --eval-limit must be at least 1")
-    if args.shift < 0:
-        p.error(f"--shift must be 0 or more pixels, got {args.shift}")
-    if not (np.isfinite(args.lr) and args.lr > 0):
-        p.error(f"--lr must be a positive number, got {args.lr}")
-    if not (args.momentum >= 0 and args.weight_decay >= 0):   # also refuses nan
-        p.error(f"--momentum and --weight-decay must be >= 0, got {args.momentum} and "
-                f"{args.weight_decay}")
-    if args.stop_after is not None and args.stop_after < 1:
-        p.error(f"--stop-after must be at least 1, got {args.stop_after}")
+    # --stop-after counts epochs, so the rule of --epochs (a resumed run's --epochs is
+    # known only later; more than it simply never stops the run)
+    wanted = args.stop_after is not None and run_checkpoint.SETTINGS["epochs"](args.stop_after)
+    if wanted:
+        p.error(f"--stop-after must be {wanted}, got {args.stop_after}")
     return args, given
+
+
+def flag(key):
+    """The command-line name of a setting: batch_size -> --batch-size."""
+    return "--" + key.replace("_", "-")
+
+
+def check_optimizer_flags(args, given):
+    """A flag the chosen optimizer would ignore is refused rather than ignored."""
+    for key, optimizer in OPTIMIZER_ONLY.items():
+        if key in given and args.optimizer != optimizer:
+            raise ValueError(f"{flag(key)} has no meaning for --optimizer {args.optimizer} "
+                             f"(only for {optimizer})")
 
 
 def _yes_no(text):
@@ -295,7 +321,7 @@ def train_epoch(model, crit, opt, x, y, args, rng, epoch, progress):
 
 
 def checkpoint(model, opt, sched, rng, epoch, history, best_val, args):
-    return {"format": "npnet-lenet5-train", "model": model.state_dict(),
+    return {"format": run_checkpoint.FORMAT, "model": model.state_dict(),
             "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch,
             "rng": rng.bit_generator.state, "history": history, "best_val": best_val,
             "args": {k: getattr(args, k) for k in TRAJECTORY_KEYS}}
@@ -304,18 +330,12 @@ def checkpoint(model, opt, sched, rng, epoch, history, best_val, args):
 def load_checkpoint(path, args, given):
     """Read a checkpoint of this script; its trajectory settings replace those in args.
 
-    A setting given on the command line that differs from the checkpoint's is refused:
-    a resumed run continues the same trajectory or it is not a resume."""
-    ckpt = npnet.load(path)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != "npnet-lenet5-train":
-        raise ValueError(f"{path}: not a checkpoint written by train_lenet.py")
-    # checkpoints from before --model, --flip and --eval-limit existed trained LeNet-5,
-    # unflipped, validated on every held-out image
-    saved = {"model": "lenet5", "flip": False, "eval_limit": None, **ckpt.get("args", {})}
-    missing = [k for k in TRAJECTORY_KEYS if k not in saved]
-    if missing:
-        raise ValueError(f"{path}: the checkpoint lacks the settings {missing}")
-    clash = [f"--{k.replace('_', '-')} {getattr(args, k)} (checkpoint: {saved[k]})"
+    Every field is checked first (npnet.checkpoint.load_checkpoint).  A setting given on
+    the command line that differs from the checkpoint's is refused: a resumed run
+    continues the same trajectory or it is not a resume."""
+    ckpt = run_checkpoint.load_checkpoint(path, resume=True)
+    saved = ckpt["args"]
+    clash = [f"{flag(k)} {getattr(args, k)} (checkpoint: {saved[k]})"
              for k in given if saved[k] != getattr(args, k)]
     if clash:
         raise ValueError(f"{path}: a resumed run keeps the checkpoint's settings; these "
@@ -325,17 +345,61 @@ def load_checkpoint(path, args, given):
     return ckpt
 
 
-def carry_best_checkpoint(src_dir: Path, out: Path):
-    """A run resumed into another --out directory takes its best.npz along, so the best
-    epoch before the interruption still competes with those after it."""
-    if src_dir.resolve() == out.resolve():
-        return
-    src = src_dir / "best.npz"
+def load_best_checkpoint(ckpt, resume_path):
+    """The best checkpoint of the epochs before the interruption, from beside last.npz, so
+    that it still competes with those after it.  It must belong to the same run: the
+    same settings and the best validation accuracy the resumed checkpoint records."""
+    src = Path(resume_path).parent / "best.npz"
     if not src.exists():
         raise ValueError(f"{src} is missing: a resumed run needs the best checkpoint of the "
                          "epochs before the interruption beside last.npz")
-    data = src.read_bytes()
-    atomic_write(out / "best.npz", lambda f: f.write(data))
+    best = run_checkpoint.load_checkpoint(src, resume=True)
+    if best["args"] != ckpt["args"] or best["best_val"] != ckpt["best_val"] or \
+            best["epoch"] > ckpt["epoch"]:
+        raise ValueError(f"{src} is not the best checkpoint of the run that wrote "
+                         f"{resume_path} (other settings or another best epoch)")
+    return best
+
+
+@contextlib.contextmanager
+def claim_out(out: Path):
+    """Hold the output folder for this run: one folder, one live run.
+
+    The folder's lock file is locked with flock, which the kernel releases when this
+    process ends however it ends, so the lock of a killed run never blocks the next one.
+    Creating the folder and its lock file is also the check that --out is writable,
+    before any training.  A run that ends before writing anything removes the folders
+    it created (a refused command leaves nothing behind)."""
+    created = [p for p in (out, *out.parents) if not p.exists()]   # deepest first
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd = lock_exclusive(out / LOCK_NAME)
+    except OSError as e:
+        _remove_empty(created)
+        raise ValueError(f"--out {out} is not writable: {e.strerror or e}") from None
+    if fd is None:
+        holder = (out / LOCK_NAME).read_text(errors="replace").strip()[:20] or "unknown"
+        raise ValueError(f"--out {out} is in use by another run (pid {holder}); wait for "
+                         "it to end or choose another --out")
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        if created and [p.name for p in out.iterdir()] == [LOCK_NAME]:
+            (out / LOCK_NAME).unlink()       # nothing written: leave no trace
+            _remove_empty(created)
+        os.close(fd)                         # releases the lock
+
+
+def _remove_empty(folders):
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:                      # not empty, or already gone
+            break
 
 
 def main(argv=None):
@@ -350,26 +414,42 @@ def main(argv=None):
 
 
 def run(args, given):
+    """Check everything (flags, checkpoint, --out), then claim --out and train."""
     ckpt = load_checkpoint(args.resume, args, given) if args.resume else None
+    check_optimizer_flags(args, given)
     out = Path(args.out or f"runs/{args.model}")
-    out.mkdir(parents=True, exist_ok=True)
 
     init_rng, shuffle_rng = (np.random.default_rng(s)
                              for s in np.random.SeedSequence(args.seed).spawn(2))
     model = getattr(npnet.models, args.model)(rng=init_rng)
     crit = npnet.CrossEntropyLoss()
     opt, sched = make_optimizer(args, model)
-    start_epoch, best_val = 0, -1.0
+    start_epoch, best_val, best = 0, -1.0, None
     history = {"epoch": [], "train_loss": [], "train_accuracy": [], "val_accuracy": [],
                "lr": [], "seconds": []}
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
+        try:                                # each refuses a bad state before changing
+            model.load_state_dict(ckpt["model"])
+            opt.load_state_dict(ckpt["optimizer"])
+            sched.load_state_dict(ckpt["scheduler"])
+        except ValueError as e:
+            raise ValueError(f"{args.resume}: {e}") from None
         shuffle_rng.bit_generator.state = ckpt["rng"]
         start_epoch, history, best_val = ckpt["epoch"], ckpt["history"], ckpt["best_val"]
-        carry_best_checkpoint(Path(args.resume).parent, out)
-        print(f"resumed from {args.resume} after epoch {start_epoch}")
+        best = load_best_checkpoint(ckpt, args.resume)
+    with claim_out(out):
+        if best is not None:
+            if Path(args.resume).parent.resolve() != out.resolve():
+                npnet.save(best, out / "best.npz")     # the best epoch moves along
+            print(f"resumed from {args.resume} after epoch {start_epoch}")
+        return train_and_test(args, out, model, crit, opt, sched, shuffle_rng, start_epoch,
+                              history, best_val, best, ckpt is not None)
+
+
+def train_and_test(args, out, model, crit, opt, sched, shuffle_rng, start_epoch, history,
+                   best_val, best, resumed):
+    """The epochs, then the test of this run's own best weights (held in memory: a
+    best.npz on disk could only differ if something else wrote it)."""
     if args.detect_anomaly:
         install_anomaly_hooks(model)
 
@@ -401,13 +481,13 @@ def run(args, given):
             state = checkpoint(model, opt, sched, shuffle_rng, epoch, history,
                                max(best_val, val), args)
             if val > best_val:
-                best_val = val
+                best_val, best = val, state
                 npnet.save(state, out / "best.npz")
             npnet.save(state, out / "last.npz")
             saved = True
     except Diverged as e:
         last = out / "last.npz"
-        if saved or ckpt is not None:
+        if saved or resumed:
             tail = f"The last good checkpoint is {last}."
         else:
             tail = "This run wrote no checkpoint."
@@ -418,7 +498,6 @@ def run(args, given):
               f"with --resume {out / 'last.npz'}")
         return 0
 
-    best = npnet.load(out / "best.npz")
     model.load_state_dict(best["model"])
     logits = predict(model, x_te)
     pred = logits.argmax(axis=1)
@@ -447,10 +526,14 @@ def run(args, given):
                             out / "misclassified.png")
     if args.export_onnx:                            # the best weights, as tested above
         npnet.onnx.export(model, out / "model.onnx")
+    if args.export_safetensors:                     # the same, for torch's ecosystem
+        npnet.save_weights(best["model"], out / "model.safetensors",
+                           metadata={"model": args.model, "dataset": args.dataset})
     print(f"wrote {out}/: metrics.json, last.npz, best.npz"
           + ("" if args.no_plots else ", learning_curves.png, confusion_matrix.png, "
                                       "misclassified.png")
-          + (", model.onnx" if args.export_onnx else ""))
+          + (", model.onnx" if args.export_onnx else "")
+          + (", model.safetensors" if args.export_safetensors else ""))
     return 0
 
 

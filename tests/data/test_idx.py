@@ -253,3 +253,52 @@ def test_random_corruption_parses_or_raises_value_error(case):
         assert len(raw) == 4 + 4 * raw[3] + array.nbytes
         stored = np.frombuffer(raw[4 + 4 * raw[3]:], dtype=TYPE_CODES[raw[2]])
         np.testing.assert_array_equal(array.ravel(), stored)
+
+
+# -- issue 13: memory at most ~1.2x the payload, no FIFO or device, no MemoryError ---------
+@pytest.mark.parametrize("gz", [False, True], ids=["raw", "gz"])
+@pytest.mark.parametrize("type_code", [0x08, 0x0D], ids=["uint8", "float32"])
+def test_peak_memory_is_about_the_payload(tmp_path, gz, type_code):
+    """The payload is read once into the buffer that becomes the array (no bytes object
+    plus a concatenation plus a byte-swapped copy: that was 3x); a .gz grows its buffer
+    as it inflates, by an eighth at most.  MNIST's training images are 47 MB: 1.2x of it
+    is what a load of them may cost."""
+    array = np.arange(8_000_000 // np.dtype(TYPE_CODES[type_code]).itemsize) % 251
+    path = _write(tmp_path, _idx_bytes(array, type_code), gz)
+    payload = array.size * np.dtype(TYPE_CODES[type_code]).itemsize
+    tracemalloc.start()
+    try:
+        got = read_idx(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_array_equal(got, array)
+    assert got.dtype.isnative and got.flags.writeable and got.flags.c_contiguous
+    assert peak <= 1.2 * payload, f"peak {peak / payload:.2f}x the payload"
+
+
+def test_a_fifo_or_a_device_is_refused_unread(tmp_path):
+    import os
+    import signal
+    fifo = tmp_path / "x-idx"
+    os.mkfifo(fifo)                   # no writer: a plain open() would wait forever
+    signal.alarm(10)                  # a regression fails the test rather than hanging
+    try:
+        with pytest.raises(ValueError, match=re.escape(f"'{fifo}': it is a FIFO")):
+            read_idx(fifo)
+        with pytest.raises(ValueError, match="'/dev/zero': it is a device"):
+            read_idx("/dev/zero")
+    finally:
+        signal.alarm(0)
+
+
+def test_memory_error_never_escapes(tmp_path, monkeypatch):
+    """A header within MAX_PAYLOAD_BYTES may still promise more than the machine has."""
+    import npnet.data.idx as idx
+
+    def no_memory(*args):
+        raise MemoryError
+    monkeypatch.setattr(idx, "_read_exactly", no_memory)
+    path = _write(tmp_path, _idx_bytes(np.zeros(10, np.uint8), 0x08))
+    with pytest.raises(ValueError, match=f"{re.escape(str(path))}: not enough memory"):
+        read_idx(path)

@@ -16,6 +16,7 @@ import stat
 import struct
 import tarfile
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -512,3 +513,34 @@ def test_cli_fetch_prints_the_directory(tmp_path, fake_mnist, monkeypatch, capsy
     assert main(["fetch", "mnist", "--root", str(tmp_path / "other")]) == 1
     out, err = capsys.readouterr()
     assert out == "" and "failing-source" in err
+
+
+# -- issue 13: what a killed fetch leaves behind, and a full disk -----------------------------
+def test_a_killed_fetchs_staging_is_removed_by_the_next_fetch(tmp_path, fake_mnist,
+                                                              monkeypatch):
+    """Staging directories whose lock no live process holds are removed; a live fetch's
+    (its lock held) and one being set up (no lock file yet, a minute's grace) stay."""
+    from npnet.io import lock_exclusive
+    dead, live, young, old = (tmp_path / f".fetch-{n}" for n in ("dead", "live", "young",
+                                                                  "old"))
+    for folder in (dead, live, young, old):
+        folder.mkdir()
+        (folder / "train-images-idx3-ubyte").write_bytes(b"partial")
+    (dead / ".lock").touch()                        # its holder was killed: unlocked
+    holder = lock_exclusive(live / ".lock")         # held, as by a fetch still running
+    os.utime(old, (time.time() - 3600,) * 2)
+    try:
+        monkeypatch.setitem(mnist.SOURCES, "mnist", [Good()])
+        fetch("mnist", tmp_path)
+        assert _leftovers(tmp_path) == [".fetch-live", ".fetch-young"]
+    finally:
+        os.close(holder)
+    fetch("mnist", tmp_path)                        # all present: the cleaning runs anyway
+    assert _leftovers(tmp_path) == [".fetch-young"]
+
+
+def test_a_full_disk_names_the_file_being_written(tmp_path):
+    """/dev/full fails every write with ENOSPC, an error that names no file by itself."""
+    from npnet.data.mnist import _copy_bounded
+    with pytest.raises(OSError, match=r"No space left on device while writing: '/dev/full'"):
+        _copy_bounded(io.BytesIO(b"x" * 100), Path("/dev/full"), 1000)
