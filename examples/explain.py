@@ -51,7 +51,6 @@ DOCS_DIR = HERE.parent / "docs" / "layers"
 DEFAULT_CHECKPOINT = Path("runs/lenet5/best.npz")
 MAX_BODY = 64 * 1024          # a 28x28 image as JSON is about 4 kB; nothing needs more
 PICKER = 12                   # test digits of each kind (right, misclassified) in the picker
-MODELS = ("lenet5", "lenet5_classic", "resnet")
 # the derivation page of each kind of layer (docs/layers/)
 DOCS = {"Conv2d": "conv.md", "ReLU": "activations.md", "Tanh": "activations.md",
         "LeakyReLU": "activations.md", "MaxPool2d": "maxpool.md", "AvgPool2d": "avgpool.md",
@@ -78,22 +77,15 @@ class BadRequest(ValueError):
 def load_checkpoint(path):
     """A checkpoint of examples/train_lenet.py -> (model in float64, model name, dataset).
 
-    The one place this page reads a checkpoint (examples/predict.py builds the model the
-    same way: the checkpoint names it in ``args``; older ones, LeNet-5 on MNIST).
+    ``npnet.checkpoint.load_model`` reads and checks it, as for examples/predict.py: a
+    regular file, fields as strict as the main job's flags, weights that fit the model and
+    are finite (older checkpoints name no model: LeNet-5 on MNIST).
 
     Raises:
-        ValueError: not such a checkpoint, or an unknown model.  OSError: unreadable.
+        ValueError: a one-line message naming the path and the fault.  OSError: unreadable.
     """
-    ckpt = npnet.load(path)
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
-        raise ValueError(f"{path}: not a checkpoint of train_lenet.py")
-    args = ckpt.get("args") or {}
-    name, dataset = args.get("model", "lenet5"), args.get("dataset", "mnist")
-    if name not in MODELS:
-        raise ValueError(f"{path}: unknown model {name!r} (expected {', '.join(MODELS)})")
-    model = getattr(npnet.models, name)(dtype=np.float64)
-    model.load_state_dict(ckpt["model"])
-    return model, name, dataset
+    model, settings = npnet.checkpoint.load_model(path)
+    return model.to(np.float64), settings["model"], settings["dataset"]
 
 
 class Explainer:

@@ -176,3 +176,23 @@ def vs_torch(to_torch):
                   **{k: p.grad.numpy() for k, p in module.named_parameters()}}
         return ours, theirs
     return run
+
+
+@pytest.fixture(scope="session")
+def save_untrained_checkpoint(load_example):
+    """``save_untrained_checkpoint(path, "lenet5", seed, dataset="mnist")``: an untrained
+    ``npnet.models.<name>`` saved as examples/train_lenet.py saves its best weights, with
+    the settings a run of that model and dataset would have by default (the checkpoint
+    checks of npnet.checkpoint require every one)."""
+    import numpy as np
+    import npnet
+    train = load_example("train_lenet")
+
+    def save(path, name, seed, dataset="mnist"):
+        args, _ = train.parse_args(["--model", name, "--dataset", dataset])
+        train.fill_defaults(args)
+        model = getattr(npnet.models, name)(rng=np.random.default_rng(seed))
+        npnet.save({"format": "npnet-lenet5-train", "model": model.state_dict(),
+                    "args": {k: getattr(args, k) for k in train.TRAJECTORY_KEYS}}, path)
+        return path
+    return save

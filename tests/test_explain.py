@@ -31,14 +31,6 @@ MAPS_RTOL = 5e-5
 SUM_ATOL = 1e-11
 
 
-def save_checkpoint(path, name, seed, dataset="mnist"):
-    """An untrained model of npnet.models.<name>, saved as train_lenet.py saves one."""
-    model = getattr(npnet.models, name)(rng=np.random.default_rng(seed))
-    npnet.save({"format": "npnet-lenet5-train", "model": model.state_dict(),
-                "args": {"model": name, "dataset": dataset}}, path)
-    return path
-
-
 @pytest.fixture(scope="module")
 def explain(load_example):
     return load_example("explain")
@@ -57,8 +49,8 @@ def start(explain, path, test_images=300):
 
 
 @pytest.fixture(scope="module")
-def lenet(explain, tmp_path_factory):
-    path = save_checkpoint(tmp_path_factory.mktemp("ckpt") / "lenet5.npz", "lenet5", 0)
+def lenet(explain, tmp_path_factory, save_untrained_checkpoint):
+    path = save_untrained_checkpoint(tmp_path_factory.mktemp("ckpt") / "lenet5.npz", "lenet5", 0)
     server = start(explain, path)
     yield server, path
     server.shutdown()
@@ -120,19 +112,21 @@ def test_without_a_checkpoint_it_says_how_to_make_one(explain, tmp_path, monkeyp
     assert "runs/lenet5/best.npz" in err and "make train" in err and err.count("\n") == 1
 
 
-def test_a_bad_checkpoint_exits_2_with_one_line(explain, tmp_path, capsys):
+def test_a_bad_checkpoint_exits_2_with_one_line(explain, tmp_path, capsys,
+                                                 save_untrained_checkpoint):
     bad = tmp_path / "bad.npz"
     npnet.save({"weights": np.zeros(3)}, bad)
     assert explain.main(["--checkpoint", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "not a checkpoint" in err and err.count("\n") == 1
-    unknown = save_checkpoint(tmp_path / "u.npz", "lenet5", 0)
+    unknown = save_untrained_checkpoint(tmp_path / "u.npz", "lenet5", 0)
     ckpt = npnet.load(unknown)
     ckpt["args"]["model"] = "vgg"
     npnet.save(ckpt, unknown)
     assert explain.main(["--checkpoint", str(unknown)]) == 2
-    assert "unknown model 'vgg'" in capsys.readouterr().err
-    good = save_checkpoint(tmp_path / "g.npz", "lenet5", 0)
+    assert "setting 'model' must be one of lenet5, lenet5_classic, resnet, got 'vgg'" in \
+        capsys.readouterr().err
+    good = save_untrained_checkpoint(tmp_path / "g.npz", "lenet5", 0)
     for flags, message in [(["--port", "70000"], "--port must be in [0, 65535], got 70000"),
                            (["--test-images", "0"], "--test-images must be at least 1")]:
         assert explain.main(["--checkpoint", str(good), *flags]) == 2
@@ -319,8 +313,9 @@ def test_gradcheck_passes_at_every_layer(lenet, images):
         assert all(t["passed"] and t["rel_err"] < 1e-6 for t in g["tensors"]), g
 
 
-def test_lenet5_classic_is_served_fully(explain, tmp_path, images):
-    path = save_checkpoint(tmp_path / "classic.npz", "lenet5_classic", 1)
+def test_lenet5_classic_is_served_fully(explain, tmp_path, images,
+                                        save_untrained_checkpoint):
+    path = save_untrained_checkpoint(tmp_path / "classic.npz", "lenet5_classic", 1)
     server = start(explain, path, test_images=50)
     try:
         picture, target = images[0][2], int(images[1][2])
@@ -339,10 +334,10 @@ def test_lenet5_classic_is_served_fully(explain, tmp_path, images):
         server.server_close()
 
 
-def test_the_resnet_gets_its_forward_view_and_a_reason_for_no_backward(explain, tmp_path,
-                                                                      images):
+def test_the_resnet_gets_its_forward_view_and_a_reason_for_no_backward(
+        explain, tmp_path, images, save_untrained_checkpoint):
     # MNIST: `make test` fetches only MNIST (the ResNet trains on either)
-    path = save_checkpoint(tmp_path / "resnet.npz", "resnet", 2)
+    path = save_untrained_checkpoint(tmp_path / "resnet.npz", "resnet", 2)
     server = start(explain, path, test_images=20)
     try:
         status, info = ask(server, "GET", "/api/info")

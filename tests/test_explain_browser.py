@@ -32,12 +32,10 @@ def explain(load_example):
 
 
 @pytest.fixture(scope="module")
-def site(explain, tmp_path_factory):
+def site(explain, tmp_path_factory, save_untrained_checkpoint):
     """The page's server on a free port, for an untrained LeNet-5 of seed 3."""
-    path = tmp_path_factory.mktemp("ckpt") / "lenet5.npz"
-    model = npnet.lenet5(rng=np.random.default_rng(3))
-    npnet.save({"format": "npnet-lenet5-train", "model": model.state_dict(),
-                "args": {"model": "lenet5", "dataset": "mnist"}}, path)
+    path = save_untrained_checkpoint(tmp_path_factory.mktemp("ckpt") / "lenet5.npz",
+                                     "lenet5", 3)
     model, name, dataset = explain.load_checkpoint(path)
     server = explain.make_server(explain.Explainer(model, name, dataset, test_images=300), 0)
     threading.Thread(target=server.serve_forever, daemon=True).start()
