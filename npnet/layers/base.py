@@ -18,6 +18,10 @@ after each forward and handed back for the backward: so a layer used twice has t
 what a backward reads is what its own forward kept.  A backward must therefore read the
 cache, not the layer's live attributes: the weights, stride or padding may have changed
 since.
+
+``npnet.testing.assert_layer_correct(layer, x)`` checks a layer against this contract
+(docs/testing_your_layer.md); a layer whose training output for one sample depends on the
+others, as batch norm's does, declares ``mixes_samples = True``.
 """
 from __future__ import annotations
 
