@@ -31,7 +31,7 @@ train: data
 test: $(VENV)/.test data
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-bench: $(VENV)/.test
+bench: $(VENV)/.test data
 	$(PY) benchmarks/bench_lenet.py $(ARGS)
 
 clean:
