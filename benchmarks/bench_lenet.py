@@ -3,6 +3,7 @@
     make bench        # = .venv/bin/python benchmarks/bench_lenet.py
     .venv/bin/python benchmarks/bench_lenet.py [--rounds 5] [--steps 60] [--threads N]
                                                [--batches 64 256] [--json out.json]
+                                               [--no-startup | --startup-only]
 
 Three worker processes: PyTorch with the seed's class, npnet with ``npnet.lenet5()`` (a
 Sequential) and npnet with the seed's class on ``npnet.nn`` (``npnet.models.LeNet5``).  All
@@ -344,6 +345,7 @@ def main(argv=None):
                     help="threads for both (default: npnet's default, every core)")
     ap.add_argument("--json", metavar="FILE", help="write the figures to FILE")
     ap.add_argument("--no-startup", action="store_true", help="skip the start-up test")
+    ap.add_argument("--startup-only", action="store_true", help="only the start-up test")
     ap.add_argument("--worker", choices=["lenet5", "seed", "torch", "sgemm"],
                     help=argparse.SUPPRESS)
     ap.add_argument("--init", help=argparse.SUPPRESS)
@@ -355,6 +357,8 @@ def main(argv=None):
     import npnet
     if args.threads is None:
         args.threads = npnet.threads.get_num_threads()
+    if args.startup_only:
+        return _finish({"threads": args.threads, "startup": startup(args.threads)}, args.json)
     tmp = tempfile.TemporaryDirectory(prefix="npnet-bench-")
     init = os.path.join(tmp.name, "init.npz")
     np.savez(init, **npnet.lenet5(rng=np.random.default_rng(SEED)).state_dict())
@@ -426,19 +430,29 @@ def main(argv=None):
         tmp.cleanup()
 
     if not args.no_startup:
-        results["startup"] = t = first_step_times(args.threads)
-        print("\nimport npnet + first training step in a new process (s):")
-        for name, key in (("cold Numba cache", "cold"), ("warm Numba cache", "warm"),
-                          ("after python -m npnet.kernels.warm", "installed")):
-            d = t[key]
-            print(f"  {name}: {d['import_and_first_step_s']:.2f} in-process "
-                  f"(import {d['import_s']:.2f}), {d['process_wall_s']:.2f} process wall")
-        print(f"  (python -m npnet.kernels.warm itself, into the empty cache: "
-              f"{t['warm_module_s']:.1f} s)")
-    if args.json:
-        with open(args.json, "w") as f:
+        results["startup"] = startup(args.threads)
+    return _finish(results, args.json)
+
+
+def startup(threads):
+    """first_step_times, printed."""
+    t = first_step_times(threads)
+    print("\nimport npnet + first training step in a new process (s):")
+    for name, key in (("cold Numba cache", "cold"), ("warm Numba cache", "warm"),
+                      ("after python -m npnet.kernels.warm", "installed")):
+        d = t[key]
+        print(f"  {name}: {d['import_and_first_step_s']:.2f} in-process "
+              f"(import {d['import_s']:.2f}), {d['process_wall_s']:.2f} process wall")
+    print(f"  (python -m npnet.kernels.warm itself, into the empty cache: "
+          f"{t['warm_module_s']:.1f} s)")
+    return t
+
+
+def _finish(results, path):
+    if path:
+        with open(path, "w") as f:
             json.dump(results, f, indent=1)
-        print(f"\nwrote {args.json}")
+        print(f"\nwrote {path}")
     return results
 
 
