@@ -344,8 +344,11 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=None,
                     help="threads for both (default: npnet's default, every core)")
     ap.add_argument("--json", metavar="FILE", help="write the figures to FILE")
-    ap.add_argument("--no-startup", action="store_true", help="skip the start-up test")
-    ap.add_argument("--startup-only", action="store_true", help="only the start-up test")
+    startup_args = ap.add_mutually_exclusive_group()
+    startup_args.add_argument("--no-startup", action="store_true",
+                              help="skip the start-up test")
+    startup_args.add_argument("--startup-only", action="store_true",
+                              help="only the start-up test")
     ap.add_argument("--worker", choices=["lenet5", "seed", "torch", "sgemm"],
                     help=argparse.SUPPRESS)
     ap.add_argument("--init", help=argparse.SUPPRESS)
