@@ -401,8 +401,8 @@ def main(argv=None):
               f"{flops['infer'] / 1e6:.2f} to infer -> limits "
               f"{peaks[0] * 1e9 / flops['train']:,.0f} and "
               f"{peaks[0] * 1e9 / flops['infer']:,.0f} img/s")
-        print(f"\n(median over {args.rounds} rounds, order rotating; 'limit': the share of "
-              f"the limit each reaches)\n{'':<24}{'':<20}{'npnet img/s':>12}"
+        print(f"\n(median over {args.rounds} rounds, order rotating; the last two columns: "
+              f"the share of the limit each reaches)\n{'':<24}{'':<20}{'npnet img/s':>12}"
               f"{'torch img/s':>12}{'ratio':>9}{'min':>8}{'max':>8}{'npnet':>9}{'torch':>9}")
         timed = []                                # (label, cmd, images, FLOP kind, kw)
         for b in args.batches:
