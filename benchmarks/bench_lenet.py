@@ -24,7 +24,8 @@ Measured, each as images/s per round and the ratio npnet/PyTorch (median, min, m
 training at each ``--batches`` size (SGD, lr 0.01, momentum 0.9); eval-mode inference at
 batch 1,000 (torch under ``torch.inference_mode()``); the median latency of one image; and
 the start-up: ``import npnet`` + building LeNet-5 + the first training step in a NEW
-process, with an empty Numba cache (cold) and then with it filled (warm).
+process, with an empty Numba cache (cold), then with it filled (warm), and with a new cache
+filled by ``python -m npnet.kernels.warm`` (what ``make`` runs when it builds .venv).
 
 Each throughput is also printed as a fraction of the machine's limit: the images/s at
 which the step's floating-point work (``roofline.per_image``, from the layers' shapes:
