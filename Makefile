@@ -16,6 +16,7 @@ $(VENV)/.runtime: requirements.txt setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -r requirements.txt
 	$(PIP) install --no-deps --no-build-isolation -e .
+	$(PY) -m npnet.kernels.warm   # compile the kernels into Numba's cache once, now
 	touch $@
 
 $(VENV)/.test: requirements-test.txt $(VENV)/.runtime
@@ -47,7 +48,7 @@ test: $(VENV)/.test data $(CHROMIUM)
 explain: data
 	$(PY) examples/explain.py $(ARGS)
 
-bench: $(VENV)/.test
+bench: $(VENV)/.test data
 	$(PY) benchmarks/bench_lenet.py $(ARGS)
 
 clean:

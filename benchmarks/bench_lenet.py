@@ -1,7 +1,9 @@
 """LeNet-5 on the CPU: npnet against PyTorch, measured side by side in one run.
 
+    make bench        # = .venv/bin/python benchmarks/bench_lenet.py
     .venv/bin/python benchmarks/bench_lenet.py [--rounds 5] [--steps 60] [--threads N]
                                                [--batches 64 256] [--json out.json]
+                                               [--no-startup | --startup-only]
 
 Three worker processes: PyTorch with the seed's class, npnet with ``npnet.lenet5()`` (a
 Sequential) and npnet with the seed's class on ``npnet.nn`` (``npnet.models.LeNet5``).  All
@@ -22,7 +24,14 @@ Measured, each as images/s per round and the ratio npnet/PyTorch (median, min, m
 training at each ``--batches`` size (SGD, lr 0.01, momentum 0.9); eval-mode inference at
 batch 1,000 (torch under ``torch.inference_mode()``); the median latency of one image; and
 the start-up: ``import npnet`` + building LeNet-5 + the first training step in a NEW
-process, with an empty Numba cache (cold) and then with it filled (warm).
+process, with an empty Numba cache (cold), then with it filled (warm), and with a new cache
+filled by ``python -m npnet.kernels.warm`` (what ``make`` runs when it builds .venv).
+
+Each throughput is also printed as a fraction of the machine's limit: the images/s at
+which the step's floating-point work (``roofline.per_image``, from the layers' shapes:
+LeNet-5 2.26 MFLOP per image to train, 0.83 to infer) would run at the sgemm peak,
+measured in a fourth process on the same threads (``roofline.sgemm_gflops``) just before
+the comparisons, and again after them to show whether the machine's load changed.
 """
 from __future__ import annotations
 
@@ -38,6 +47,9 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+import roofline  # noqa: E402  (benchmarks/roofline.py: FLOP counts and the sgemm peak)
+
 SEED = 0
 LR, MOMENTUM = 0.01, 0.9
 MODELS = ("npnet lenet5()", "npnet LeNet5 class")
@@ -183,10 +195,23 @@ class TorchWorker:
         return {"threads": torch.get_num_threads(), "version": torch.__version__}
 
 
+class SgemmWorker:
+    """The peak: large float32 products with OpenBLAS, in a process without npnet."""
+
+    def __init__(self, threads):
+        self.threads = threads
+
+    def peak(self):
+        return roofline.sgemm_gflops(self.threads)
+
+
 def worker_main(kind, threads, init, data):
     out = sys.stdout
     sys.stdout = sys.stderr                  # keep the protocol channel clean
-    w = TorchWorker(threads, init, data) if kind == "torch" else NpnetWorker(kind, init, data)
+    if kind == "sgemm":
+        w = SgemmWorker(threads)
+    else:
+        w = TorchWorker(threads, init, data) if kind == "torch" else NpnetWorker(kind, init, data)
     for line in sys.stdin:
         msg = json.loads(line)
         cmd = msg.pop("cmd")
@@ -251,19 +276,32 @@ print(t_import, time.perf_counter() - t0)
 """
 
 
+def _first_step(env):
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, "-c", FIRST_STEP], env=env, cwd=ROOT,
+                       capture_output=True, text=True, check=True)
+    wall = time.perf_counter() - t0
+    t_import, t_total = map(float, r.stdout.split())
+    return {"import_s": t_import, "import_and_first_step_s": t_total, "process_wall_s": wall}
+
+
 def first_step_times(threads):
-    """(cold, warm) dicts: seconds for import + first step, in-process and wall clock."""
-    out = []
+    """{'cold', 'warm', 'installed'}: seconds for import + first step, in-process and wall
+    clock, with an empty Numba cache, then with it filled by that run, and in a new empty
+    cache filled by ``python -m npnet.kernels.warm`` (what the Makefile runs when it
+    builds .venv; its own time is 'warm_module_s')."""
+    out = {}
     with tempfile.TemporaryDirectory(prefix="npnet-numba-cache-") as cache:
         env = dict(os.environ, NUMBA_CACHE_DIR=cache, NPNET_NUM_THREADS=str(threads))
-        for _ in ("cold", "warm"):
-            t0 = time.perf_counter()
-            r = subprocess.run([sys.executable, "-c", FIRST_STEP], env=env, cwd=ROOT,
-                               capture_output=True, text=True, check=True)
-            wall = time.perf_counter() - t0
-            t_import, t_total = map(float, r.stdout.split())
-            out.append({"import_s": t_import, "import_and_first_step_s": t_total,
-                        "process_wall_s": wall})
+        out["cold"] = _first_step(env)
+        out["warm"] = _first_step(env)
+    with tempfile.TemporaryDirectory(prefix="npnet-numba-cache-") as cache:
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache, NPNET_NUM_THREADS=str(threads))
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "npnet.kernels.warm"], env=env, cwd=ROOT,
+                       capture_output=True, text=True, check=True)
+        out["warm_module_s"] = time.perf_counter() - t0
+        out["installed"] = _first_step(env)
     return out
 
 
@@ -280,16 +318,22 @@ def _rounds(workers, rounds, call):
     return results
 
 
-def compare(workers, rounds, label, cmd, images, **kw):
-    """images/s per round for each worker, and each npnet model's ratio to torch."""
+def compare(workers, rounds, label, cmd, images, limit, **kw):
+    """images/s per round for each worker, each npnet model's ratio to torch, and each
+    median as a fraction of ``limit`` (images/s at the sgemm peak)."""
     rates = _rounds(workers, rounds, lambda w: images / w(cmd, **kw))
-    row = {"what": label, "torch_images_per_s": rates["torch"]}
+    torch_fraction = float(np.median(rates["torch"])) / limit
+    row = {"what": label, "torch_images_per_s": rates["torch"], "limit_images_per_s": limit,
+           "torch_fraction_of_limit": torch_fraction}
     for name in MODELS:
         ratios = [a / b for a, b in zip(rates[name], rates["torch"])]
-        row[name] = {"images_per_s": rates[name], "ratio": ratios}
+        fraction = float(np.median(rates[name])) / limit
+        row[name] = {"images_per_s": rates[name], "ratio": ratios,
+                     "fraction_of_limit": fraction}
         print(f"{label:<24}{name:<20}{np.median(rates[name]):>12,.0f}"
               f"{np.median(rates['torch']):>12,.0f}{np.median(ratios):>9.2f}"
-              f"{min(ratios):>8.2f}{max(ratios):>8.2f}", flush=True)
+              f"{min(ratios):>8.2f}{max(ratios):>8.2f}{fraction:>9.1%}{torch_fraction:>9.1%}",
+              flush=True)
     return row
 
 
@@ -301,8 +345,13 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=None,
                     help="threads for both (default: npnet's default, every core)")
     ap.add_argument("--json", metavar="FILE", help="write the figures to FILE")
-    ap.add_argument("--no-startup", action="store_true", help="skip the start-up test")
-    ap.add_argument("--worker", choices=["lenet5", "seed", "torch"], help=argparse.SUPPRESS)
+    startup_args = ap.add_mutually_exclusive_group()
+    startup_args.add_argument("--no-startup", action="store_true",
+                              help="skip the start-up test")
+    startup_args.add_argument("--startup-only", action="store_true",
+                              help="only the start-up test")
+    ap.add_argument("--worker", choices=["lenet5", "seed", "torch", "sgemm"],
+                    help=argparse.SUPPRESS)
     ap.add_argument("--init", help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -312,6 +361,8 @@ def main(argv=None):
     import npnet
     if args.threads is None:
         args.threads = npnet.threads.get_num_threads()
+    if args.startup_only:
+        return _finish({"threads": args.threads, "startup": startup(args.threads)}, args.json)
     tmp = tempfile.TemporaryDirectory(prefix="npnet-bench-")
     init = os.path.join(tmp.name, "init.npz")
     np.savez(init, **npnet.lenet5(rng=np.random.default_rng(SEED)).state_dict())
@@ -322,11 +373,19 @@ def main(argv=None):
                                           npnet.data.MNIST_STD),
              y=labels[order].astype(np.int64))
 
+    # FLOP per image, from the layers' shapes; the two models are the same network
+    two = np.zeros((2, 1, 28, 28), np.float32)
+    flops = roofline.per_image(npnet.lenet5(), two)
+    if roofline.per_image(npnet.models.LeNet5(), two) != flops:
+        raise RuntimeError("the two LeNet-5s differ in FLOP per image")
+
     workers = [Worker("torch", "torch", args.threads, init, data),
                Worker(MODELS[0], "lenet5", args.threads, init, data),
                Worker(MODELS[1], "seed", args.threads, init, data)]
+    sgemm = Worker("sgemm", "sgemm", args.threads, init, data)
     results = {"threads": args.threads, "cpu_count": os.cpu_count(), "data": "MNIST",
-               "rounds": args.rounds, "steps": args.steps, "rows": []}
+               "rounds": args.rounds, "steps": args.steps, "flop_per_image": flops,
+               "rows": []}
     try:
         results["npnet_info"] = workers[1]("info")
         results["torch_info"] = workers[0]("info")
@@ -337,37 +396,67 @@ def main(argv=None):
                 w("train", batch=b, steps=3)
             w("infer", batch=1000, steps=1)
             w("latency", calls=5)
-        print(f"\n{'':<24}{'':<20}{'npnet img/s':>12}{'torch img/s':>12}{'ratio':>9}"
-              f"{'min':>8}{'max':>8}   (median over {args.rounds} rounds, order rotating)")
+        peaks = [sgemm("peak")]
+        print(f"sgemm peak {peaks[0]:.0f} GFLOP/s on {args.threads} threads; LeNet-5 "
+              f"{flops['train'] / 1e6:.2f} MFLOP per image to train, "
+              f"{flops['infer'] / 1e6:.2f} to infer -> limits "
+              f"{peaks[0] * 1e9 / flops['train']:,.0f} and "
+              f"{peaks[0] * 1e9 / flops['infer']:,.0f} img/s")
+        print(f"\n(median over {args.rounds} rounds, order rotating; the last two columns: "
+              f"the share of the limit each reaches)\n{'':<24}{'':<20}{'npnet img/s':>12}"
+              f"{'torch img/s':>12}{'ratio':>9}{'min':>8}{'max':>8}{'npnet':>9}{'torch':>9}")
+        timed = []                                # (label, cmd, images, FLOP kind, kw)
         for b in args.batches:
-            results["rows"].append(compare(workers, args.rounds, f"train, batch {b}",
-                                           "train", b * args.steps, batch=b,
-                                           steps=args.steps))
-        results["rows"].append(compare(workers, args.rounds, "inference, batch 1000",
-                                       "infer", 1000 * 5, batch=1000, steps=5))
+            timed.append((f"train, batch {b}", "train", b * args.steps, "train",
+                          dict(batch=b, steps=args.steps)))
+        timed.append(("inference, batch 1000", "infer", 1000 * 5, "infer",
+                      dict(batch=1000, steps=5)))
+        for label, cmd, images, kind, kw in timed:
+            results["rows"].append(compare(workers, args.rounds, label, cmd, images,
+                                           peaks[0] * 1e9 / flops[kind], **kw))
         lat = _rounds(workers, args.rounds, lambda w: w("latency", calls=200) * 1e3)
         results["latency_ms"] = lat
+        best_ms = flops["infer"] / (peaks[0] * 1e9) * 1e3      # one image at the peak
         for name in MODELS:
             ratios = [t / n for n, t in zip(lat[name], lat["torch"])]
             print(f"{'latency, 1 image (ms)':<24}{name:<20}{np.median(lat[name]):>12.3f}"
                   f"{np.median(lat['torch']):>12.3f}{np.median(ratios):>9.2f}"
-                  f"{min(ratios):>8.2f}{max(ratios):>8.2f}   (torch time / npnet time)")
+                  f"{min(ratios):>8.2f}{max(ratios):>8.2f}"
+                  f"{best_ms / np.median(lat[name]):>9.1%}"
+                  f"{best_ms / np.median(lat['torch']):>9.1%}   (torch time / npnet time)")
+        peaks.append(sgemm("peak"))
+        results["sgemm_gflops"] = peaks
+        print(f"\nsgemm peak after the comparisons {peaks[1]:.0f} GFLOP/s (before "
+              f"{peaks[0]:.0f}; the fractions above use the one before)")
     finally:
-        for w in workers:
+        for w in workers + [sgemm]:
             w.close()
         tmp.cleanup()
 
     if not args.no_startup:
-        cold, warm = first_step_times(args.threads)
-        results["startup"] = {"cold": cold, "warm": warm}
-        print("\nimport npnet + first training step in a new process (s):")
-        for name, d in (("cold Numba cache", cold), ("warm Numba cache", warm)):
-            print(f"  {name}: {d['import_and_first_step_s']:.2f} in-process "
-                  f"(import {d['import_s']:.2f}), {d['process_wall_s']:.2f} process wall")
-    if args.json:
-        with open(args.json, "w") as f:
+        results["startup"] = startup(args.threads)
+    return _finish(results, args.json)
+
+
+def startup(threads):
+    """first_step_times, printed."""
+    t = first_step_times(threads)
+    print("\nimport npnet + first training step in a new process (s):")
+    for name, key in (("cold Numba cache", "cold"), ("warm Numba cache", "warm"),
+                      ("after python -m npnet.kernels.warm", "installed")):
+        d = t[key]
+        print(f"  {name}: {d['import_and_first_step_s']:.2f} in-process "
+              f"(import {d['import_s']:.2f}), {d['process_wall_s']:.2f} process wall")
+    print(f"  (python -m npnet.kernels.warm itself, into the empty cache: "
+          f"{t['warm_module_s']:.1f} s)")
+    return t
+
+
+def _finish(results, path):
+    if path:
+        with open(path, "w") as f:
             json.dump(results, f, indent=1)
-        print(f"\nwrote {args.json}")
+        print(f"\nwrote {path}")
     return results
 
 

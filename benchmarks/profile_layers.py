@@ -11,15 +11,26 @@ same calls made by hand (each layer's forward and backward called directly, in t
 order): the whole step minus that is what recording and replaying costs.  A part timed
 alone finds the caches warm, so the parts add up to less than either step.  Each figure is
 a median (the machine is shared).
+
+The roofline columns: each call's floating-point work (``roofline.step_flops``, from the
+layers' shapes: 2 FLOP per multiply-add of its matrix products; 0 for ReLU, pool and
+reshape), the GFLOP/s its time gives, and that as a fraction of the sgemm peak measured
+at the start on the same threads (``roofline.sgemm_gflops``).
 """
 from __future__ import annotations
 
 import argparse
 import time
 
+import os
+import sys
+
 import numpy as np
 
 import npnet
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import roofline  # noqa: E402  (benchmarks/roofline.py: FLOP counts and the sgemm peak)
 
 
 def median_ms(fn, repeats):
@@ -54,8 +65,11 @@ def main(argv=None):
         model.backward(crit.backward())
         opt.step()
 
+    peak = roofline.sgemm_gflops(npnet.threads.get_num_threads())
     for _ in range(10):
         step()
+    flop = {name: (f * args.batch, b * args.batch)           # per call, the whole batch
+            for name, _, f, b in roofline.step_flops(model, x)}
     model(x)
     tape = npnet.autograd.tape_of(model)
     print(tape)
@@ -111,9 +125,19 @@ def main(argv=None):
 
     print(f"\nLeNet-5 ({args.model}), batch {args.batch}, fusion "
           f"{'off' if args.no_fuse else 'on'}, threads {npnet.threads.policy()}")
-    print(f"{'call':<28}{'layer':<20}{'forward ms':>11}{'backward ms':>13}")
+    print(f"sgemm peak {peak:.0f} GFLOP/s on {npnet.threads.get_num_threads()} threads "
+          f"(OpenBLAS, 2048 x 2048 float32)")
+    print(f"{'call':<28}{'layer':<20}{'forward ms':>11}{'backward ms':>13}"
+          f"{'MFLOP f/b':>14}{'GFLOP/s f/b':>14}{'of peak f/b':>14}")
+
+    def roof(f_ms, b_ms, f_flop, b_flop):
+        if not f_flop:
+            return ""
+        gf, gb = f_flop / f_ms / 1e6, b_flop / b_ms / 1e6       # FLOP / ms / 1e6 = GFLOP/s
+        return (f"{f_flop / 1e6:>7.1f}/{b_flop / 1e6:<6.1f}{gf:>7.1f}/{gb:<6.1f}"
+                f"{gf / peak:>7.0%}/{gb / peak:<6.0%}")
     for name, kind, f, b in rows:
-        print(f"{name:<28}{kind:<20}{f:>11.3f}{b:>13.3f}")
+        print(f"{name:<28}{kind:<20}{f:>11.3f}{b:>13.3f} {roof(f, b, *flop[name])}")
     print(f"{'loss (forward + backward)':<48}{loss:>11.3f}")
     print(f"{'zero_grad + opt.step':<48}{opt_ms:>11.3f}")
     parts = total + loss + opt_ms
@@ -123,6 +147,10 @@ def main(argv=None):
     print(f"{'whole step (the README loop)':<48}{whole:>11.3f}   -> "
           f"{args.batch / whole * 1e3:,.0f} images/s")
     print(f"{'recording and replay (whole - by hand)':<48}{whole - hand:>11.3f}")
+    step_flop = sum(f + b for f, b in flop.values())
+    print(f"{'the README step, roofline':<48}{step_flop / 1e6:>11.1f} MFLOP, "
+          f"{step_flop / whole / 1e6:.1f} GFLOP/s, {step_flop / whole / 1e6 / peak:.0%} of "
+          f"the peak (limit {peak * 1e9 / step_flop * args.batch:,.0f} images/s)")
 
 
 if __name__ == "__main__":

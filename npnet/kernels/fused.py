@@ -254,11 +254,13 @@ def _pool_pairs(v, iv, yw, aw):
 
 # -- the batch kernels ---------------------------------------------------------------------
 @njit(cache=True, parallel=True, nogil=True)
-def conv_relu_pool_forward(x, w2, b, kh, kw, ph, pw, S, y, arg, xps):
+def conv_relu_pool_forward(x, w2, b, kh, kw, ph, pw, OH, OW, S, y, arg, xps):
     """x (N, C, H, W), w2 (F, K), b (F,) -> y (N, F, OH//2, OW//2) and arg int8 (same shape).
 
     Convolution with stride 1 and zero padding (ph, pw), bias, ReLU, then a 2x2 max-pool
-    of stride 2 (floor mode).  arg is the winner's index 2*i + j in its window: the first
+    of stride 2 (floor mode).  (OH, OW) is the convolution's output size, from the
+    caller (``geometry.out_size``): a cached kernel calls no Numba function of another
+    file, whose changes its cache would not see (``warm.py``).  arg is the winner's index 2*i + j in its window: the first
     maximum of z, as torch's max-pool picks it (NaN wins, as in torch).  S samples are
     laid side by side and computed as one (chunks of n = c*S ... c*S + S - 1).  Each
     chunk's padded samples are written to its row of xps (``padded_shape``), which the
@@ -267,7 +269,6 @@ def conv_relu_pool_forward(x, w2, b, kh, kw, ph, pw, S, y, arg, xps):
     N, C, H, W = x.shape
     F = w2.shape[0]
     Hp, Wq = H + 2 * ph, _width(W, pw)
-    OH, OW = out_size(H, kh, 1, ph), out_size(W, kw, 1, pw)
     PH, PW = y.shape[2], y.shape[3]
     off_full = _offsets(C, kh, kw, Hp, S * Wq)             # for the chunks of S samples
     for ci in prange((N + S - 1) // S):
@@ -299,21 +300,20 @@ def conv_relu_pool_forward(x, w2, b, kh, kw, ph, pw, S, y, arg, xps):
 
 
 @njit(cache=True, parallel=True, nogil=True, fastmath=_FM)
-def conv_relu_pool_backward(xps, w2t, kh, kw, ph, pw, S, grad_out, y, arg, dw_c, db_n,
-                            grad_in, need_grad_in):
+def conv_relu_pool_backward(xps, w2t, kh, kw, ph, pw, OH, OW, S, grad_out, y, arg, dw_c,
+                            db_n, grad_in, need_grad_in):
     """Gradients of conv_relu_pool_forward, per chunk of S samples.
 
     xps: the padded chunks the forward wrote.  grad_out, y, arg (N, F, PH, PW) -> dw_c
     (ceil(N/S), F, K), one weight gradient per chunk, and db_n (N, F), which the caller
     sums in order; if need_grad_in, grad_in (N, C, H, W) is overwritten with dL/dx (else
     it is (0, C, H, W): its shape still gives the input's).  w2t is the forward's w2.T, a
-    contiguous (K, F) array.
+    contiguous (K, F) array; (OH, OW) the convolution's output size, as for the forward.
     """
     N = y.shape[0]
     C, H, W = grad_in.shape[1], grad_in.shape[2], grad_in.shape[3]
     F = w2t.shape[1]
     Hp, Wq = H + 2 * ph, _width(W, pw)
-    OH, OW = out_size(H, kh, 1, ph), out_size(W, kw, 1, pw)
     PH, PW = y.shape[2], y.shape[3]
     zero = grad_out.dtype.type(0)
     off_full = _offsets(C, kh, kw, Hp, S * Wq)

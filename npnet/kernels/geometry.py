@@ -1,14 +1,13 @@
 """The size of a sliding window's output: the one place this formula lives.
 
-Convolutions and poolings, their Numba kernels and their NumPy references all call it.
-Adaptive pooling's windows, chosen from the output size instead, are ``adaptive_bins``.
+Convolutions and poolings and their NumPy references call it; their Numba kernels are
+handed its results as arguments (a cached kernel must not call a Numba function of
+another file: ``warm.py`` says why).  Adaptive pooling's windows, chosen from the output
+size instead, are ``adaptive_bins``.
 """
 from __future__ import annotations
 
-from numba import njit
 
-
-@njit(cache=True, nogil=True)
 def out_size(size, k, s, p):
     """floor((size + 2p - k) / s) + 1: the windows of length k, stride s, that fit in
     ``size`` padded by p on each side."""

@@ -9,19 +9,20 @@ of a few samples, and runs the chunks on npnet's threads at once (``chunks.py``)
 are independent, so chunks never write to the same element (col2im's scatter-add stays
 race-free without atomics), and the sum each element receives is added in the same order
 whatever the thread count.
+
+The output size (OH, OW) comes from the caller (``geometry.out_size``): a cached kernel
+calls no Numba function of another file, whose changes its cache would not see
+(``warm.py``).
 """
 from __future__ import annotations
 
 from numba import njit
 
-from .geometry import out_size
-
 
 @njit(cache=True, nogil=True)
-def im2col(x, kh, kw, sh, sw, ph, pw, cols):
+def im2col(x, kh, kw, sh, sw, ph, pw, OH, OW, cols):
     """Fill ``cols`` (N, C*kh*kw, OH*OW) from ``x`` (N, C, H, W); padding reads as 0."""
     N, C, H, W = x.shape
-    OH, OW = out_size(H, kh, sh, ph), out_size(W, kw, sw, pw)
     for n in range(N):
         for c in range(C):
             for i in range(kh):
@@ -44,14 +45,13 @@ def im2col(x, kh, kw, sh, sw, ph, pw, cols):
 
 
 @njit(cache=True, nogil=True)
-def col2im(cols, kh, kw, sh, sw, ph, pw, x):
+def col2im(cols, kh, kw, sh, sw, ph, pw, OH, OW, x):
     """Overwrite ``x`` (N, C, H, W) with the sum of the column entries of each pixel.
 
     The adjoint of im2col: a pixel read by several receptive fields gets the sum of their
     gradients; entries that fell in the padding are dropped.
     """
     N, C, H, W = x.shape
-    OH, OW = out_size(H, kh, sh, ph), out_size(W, kw, sw, pw)
     for n in range(N):
         x[n] = 0
         for c in range(C):

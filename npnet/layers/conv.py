@@ -133,7 +133,7 @@ class Conv2d(Module):
             y = np.empty((N, F, P), x.dtype)
 
             def chunk(i, s):     # a few samples: their columns, then their products
-                cols = im2col(x[s], kh, kw, sh, sw, ph, pw,
+                cols = im2col(x[s], kh, kw, sh, sw, ph, pw, OH, OW,
                               np.empty((s.stop - s.start, K, P), x.dtype))  # (S, K, P)
                 np.matmul(w2, cols, out=y[s])     # (F, K) @ (S, K, P) -> (S, F, P)
             run_chunks(chunk, N, chunk_size(K * P * x.itemsize, N))
@@ -170,13 +170,13 @@ class Conv2d(Module):
         grad_in = np.empty(x.shape, w.dtype) if need_grad_in else None
 
         def chunk(i, s):
-            cols = im2col(x[s], kh, kw, sh, sw, ph, pw,
+            cols = im2col(x[s], kh, kw, sh, sw, ph, pw, OH, OW,
                           np.empty((s.stop - s.start, K, P), x.dtype))      # (S, K, P)
             # dL/dW2 = sum_n g[n] @ cols[n].T: a product per sample, summed
             dw_chunks[i] = np.matmul(g[s], cols.transpose(0, 2, 1)).sum(axis=0)  # (F, K)
             if need_grad_in:
                 grad_cols = np.matmul(w2.T, g[s], out=cols)                 # (S, K, P)
-                col2im(grad_cols, kh, kw, sh, sw, ph, pw, grad_in[s])       # (S, C, H, W)
+                col2im(grad_cols, kh, kw, sh, sw, ph, pw, OH, OW, grad_in[s])  # (S, C, H, W)
         run_chunks(chunk, N, S)
         add_grad(self, "weight", dw_chunks.sum(axis=0).reshape(w.shape))   # in chunk order
         return grad_in

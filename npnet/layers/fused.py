@@ -25,7 +25,8 @@ import numpy as np
 from ..kernels.fused import (chunk_size, conv_relu_pool_backward, conv_relu_pool_forward,
                              padded_shape)
 from .activation import ReLU
-from .base import Module, add_grad, check_array, check_dtype, check_grad, no_cache_error
+from .base import Module, add_grad, check_array, check_dtype, check_grad, no_cache_error, \
+    out_size
 from .conv import Conv2d
 from .pool import MaxPool2d
 
@@ -88,7 +89,8 @@ class ConvReLUMaxPool2d(Module):
         check_array(self, x, 4)
         w, b = conv.params["weight"], conv.params.get("bias")
         check_dtype(self, x, w)
-        N, F, PH, PW = pool.output_shape(conv.output_shape(x.shape))
+        _, _, OH, OW = z_shape = conv.output_shape(x.shape)   # the convolution's output
+        N, F, PH, PW = pool.output_shape(z_shape)
         (kh, kw), (ph, pw) = w.shape[2:], conv.padding
         x = np.ascontiguousarray(x)
         w2 = w.reshape(F, -1)                                  # (F, K), a view
@@ -99,7 +101,7 @@ class ConvReLUMaxPool2d(Module):
         arg = np.empty((N, F, PH, PW), dtype=np.int8)         # winner 2*i + j of each window
         S = chunk_size(x.shape[2], x.shape[3], kh, kw, ph, pw)    # samples per task
         xps = np.empty(padded_shape(x.shape, ph, pw, S), dtype=x.dtype)  # x, padded
-        conv_relu_pool_forward(x, w2, b, kh, kw, ph, pw, S, y, arg, xps)
+        conv_relu_pool_forward(x, w2, b, kh, kw, ph, pw, OH, OW, S, y, arg, xps)
         # backward reads the padded copy the kernel wrote, not x, and W as it is now (W.T,
         # the layout dL/dx's product reads, made here: a copy the caller cannot change)
         self._cache = (xps, x.shape, np.ascontiguousarray(w2.T), w.shape, has_bias, (ph, pw),
@@ -116,11 +118,13 @@ class ConvReLUMaxPool2d(Module):
         self._cache = None                 # each forward serves one backward
         (N, F), (kh, kw) = y.shape[:2], w_shape[2:]
         S = chunk_size(x_shape[2], x_shape[3], kh, kw, ph, pw)
+        OH, OW = out_size(x_shape[2], kh, 1, ph), out_size(x_shape[3], kw, 1, pw)
         dw_c = np.empty((-(-N // S), F, w2t.shape[0]), dtype=w2t.dtype)   # one per chunk
         db_n = np.empty((N, F), dtype=w2t.dtype)                          # one per sample
         grad_in = np.empty(x_shape if need_grad_in else (0, *x_shape[1:]), dtype=w2t.dtype)
-        conv_relu_pool_backward(xps, w2t, kh, kw, ph, pw, S, np.ascontiguousarray(grad_out), y,
-                                arg, dw_c, db_n, grad_in, need_grad_in)
+        conv_relu_pool_backward(xps, w2t, kh, kw, ph, pw, OH, OW, S,
+                                np.ascontiguousarray(grad_out), y, arg, dw_c, db_n, grad_in,
+                                need_grad_in)
         # sum the partial gradients in chunk order: the same result for any thread count
         add_grad(self.conv, "weight", dw_c.sum(axis=0).reshape(w_shape))
         if has_bias:

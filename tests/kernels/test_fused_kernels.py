@@ -38,7 +38,8 @@ def _forward(x, weight, bias, ph, pw, S=1):
     y = np.full((N, F, OH // 2, OW // 2), np.nan, dtype=np.float32)
     arg = np.full(y.shape, -1, dtype=np.int8)
     xps = np.full(padded_shape(x.shape, ph, pw, S), np.nan, dtype=np.float32)  # all set
-    conv_relu_pool_forward(x, weight.reshape(F, -1), bias, kh, kw, ph, pw, S, y, arg, xps)
+    conv_relu_pool_forward(x, weight.reshape(F, -1), bias, kh, kw, ph, pw, OH, OW, S, y, arg,
+                           xps)
     return y, arg, xps
 
 
@@ -72,8 +73,9 @@ def test_backward_matches_reference(geom, S, need_grad_in):
     db_n = np.full((N, F), np.nan, dtype=np.float32)
     grad_in = np.full(x.shape if need_grad_in else (0, *x.shape[1:]), 7.0, dtype=np.float32)
     w2 = weight.reshape(F, K)
-    conv_relu_pool_backward(xps, np.ascontiguousarray(w2.T), *geom[5:9], S, grad_out, y,
-                            arg, dw_c, db_n, grad_in, need_grad_in)
+    OH, OW = x.shape[2] + 2 * ph - geom[5] + 1, x.shape[3] + 2 * pw - geom[6] + 1
+    conv_relu_pool_backward(xps, np.ascontiguousarray(w2.T), *geom[5:9], OH, OW, S,
+                            grad_out, y, arg, dw_c, db_n, grad_in, need_grad_in)
     dw_ref, db_ref, gin_ref = conv_relu_pool_backward_ref(x, weight, ph, pw, grad_out, y, arg)
     # one weight gradient per chunk of S samples: the reference's per-sample ones summed
     dw_ref_c = np.stack([dw_ref[c * S:(c + 1) * S].sum(axis=0) for c in range(chunks)])
@@ -137,8 +139,8 @@ def test_results_do_not_depend_on_the_thread_count():
             dw_c = np.empty((3, 16, 150), np.float32)
             db_n = np.empty((9, 16), np.float32)
             gin = np.empty_like(x)
-            conv_relu_pool_backward(xps, np.ascontiguousarray(w2.T), 5, 5, 0, 0, 4, g, y,
-                                    arg, dw_c, db_n, gin, True)
+            conv_relu_pool_backward(xps, np.ascontiguousarray(w2.T), 5, 5, 0, 0, 10, 10, 4,
+                                    g, y, arg, dw_c, db_n, gin, True)
             runs.append((y, xps, dw_c, db_n, gin))
     finally:
         numba.set_num_threads(old)

@@ -27,16 +27,18 @@ def _x_shape(kh, kw, ph, pw):
 def _run_im2col(x, geom):
     kh, kw, sh, sw, ph, pw = geom
     N, C, H, W = x.shape
-    P = out_size(H, kh, sh, ph) * out_size(W, kw, sw, pw)
-    cols = np.full((N, C * kh * kw, P), np.nan, dtype=x.dtype)   # garbage: all must be set
-    out = im2col(x, *geom, cols)
+    OH, OW = out_size(H, kh, sh, ph), out_size(W, kw, sw, pw)
+    cols = np.full((N, C * kh * kw, OH * OW), np.nan, dtype=x.dtype)  # garbage: all set
+    out = im2col(x, *geom, OH, OW, cols)
     assert out is cols
     return cols
 
 
 def _run_col2im(cols, x_shape, geom):
+    kh, kw, sh, sw, ph, pw = geom
+    OH, OW = out_size(x_shape[2], kh, sh, ph), out_size(x_shape[3], kw, sw, pw)
     x = np.full(x_shape, np.nan, dtype=cols.dtype)           # garbage: col2im overwrites
-    out = col2im(cols, *geom, x)
+    out = col2im(cols, *geom, OH, OW, x)
     assert out is x
     return x
 

@@ -1,0 +1,79 @@
+"""Compile npnet's kernels before their first use: ``python -m npnet.kernels.warm``.
+
+Numba compiles a kernel at its first call, for the argument types of that call, and
+with ``cache=True`` it writes the machine code to its cache (``__pycache__`` next to the
+kernel's file, or ``NUMBA_CACHE_DIR``), from which every later process loads it in
+milliseconds.  Compiling LeNet-5's kernels from nothing takes over ten seconds
+(docs/performance.md, "Start-up"): without this, the first ``make train`` of a new clone
+pays them before its first step.  The Makefile runs this module once, when it builds
+``.venv``, so the first run finds the cache filled.
+
+What it compiles is what training runs, not a list of signatures: a list would have to
+repeat the exact types the layers pass (dtype, layout, read-only flags), and would go
+stale, silently, when a layer changed what it passes.  So it trains one step of each
+model ``examples/train_lenet.py`` builds, then evaluates it, on a small random batch in
+float32 (the default dtype) with SGD: every kernel those calls reach is compiled for the
+types it is really called with.  ``tests/kernels/test_warm.py`` checks that a new process
+then runs the main job's first step and evaluation without compiling anything.
+
+The cache stays valid as long as the kernels' files do: Numba keys each entry by its
+source file's modification time and size (and the CPU), and compiles again, overwriting
+the entry, when a file changes.  It cannot see a change in *another* file whose
+function a kernel calls, so a cached kernel calls Numba functions of its own file only
+(tests/kernels/test_warm.py checks that too).
+
+This module sits in ``kernels`` because it is about them, but it drives the models from
+above: it imports them when it runs, never when npnet is imported.
+"""
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+
+# the builders the main job can train (examples/train_lenet.py's --model), and the seed's
+# class, which the README trains: each is one training step and one evaluation here
+MODELS = ("lenet5", "lenet5_classic", "LeNet5", "resnet")
+
+
+def warm(batch: int = 4, models=MODELS) -> dict:
+    """Run one training step and one evaluation forward of each model in ``models`` on
+    a random float32 batch of ``batch`` MNIST-sized images; returns {model: seconds}."""
+    import npnet                                 # from above kernels: at call time only
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch, 1, 28, 28)).astype(np.float32)
+    y = rng.integers(0, 10, batch)
+    seconds = {}
+    for name in models:
+        t0 = time.perf_counter()
+        with npnet.nn.init_generator(rng):
+            model = getattr(npnet.models, name)()
+        crit = npnet.CrossEntropyLoss()
+        opt = npnet.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+        for _ in range(2):                       # the second step: momentum buffers exist
+            opt.zero_grad()
+            crit(model(x), y)
+            model.backward(crit.backward())
+            opt.step()
+        model.eval()
+        model(x)
+        seconds[name] = time.perf_counter() - t0
+    return seconds
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv:
+        print(f"usage: python -m npnet.kernels.warm (takes no arguments, got {argv[0]!r})",
+              file=sys.stderr)
+        return 2
+    t0 = time.perf_counter()
+    seconds = warm()
+    parts = ", ".join(f"{name} {s:.1f} s" for name, s in seconds.items())
+    print(f"npnet kernels compiled and cached in {time.perf_counter() - t0:.1f} s ({parts})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
