@@ -3,7 +3,8 @@
     make bench        # = .venv/bin/python benchmarks/bench_lenet.py
     .venv/bin/python benchmarks/bench_lenet.py [--rounds 5] [--steps 60] [--threads N]
                                                [--batches 64 256] [--json out.json]
-                                               [--no-startup | --startup-only]
+                                               [--no-startup | --startup-only |
+                                                --latency-only]
 
 Three worker processes: PyTorch with the seed's class, npnet with ``npnet.lenet5()`` (a
 Sequential) and npnet with the seed's class on ``npnet.nn`` (``npnet.models.LeNet5``).  All
@@ -350,6 +351,9 @@ def main(argv=None):
                               help="skip the start-up test")
     startup_args.add_argument("--startup-only", action="store_true",
                               help="only the start-up test")
+    startup_args.add_argument("--latency-only", action="store_true",
+                              help="only the one-image latency (no training, inference "
+                                   "or start-up rows): a minute instead of several")
     ap.add_argument("--worker", choices=["lenet5", "seed", "torch", "sgemm"],
                     help=argparse.SUPPRESS)
     ap.add_argument("--init", help=argparse.SUPPRESS)
@@ -392,9 +396,10 @@ def main(argv=None):
         print(f"npnet {results['npnet_info']}\ntorch {results['torch_info']}")
         # warm-up: compile, fill caches and buffers, once per shape
         for w in workers:
-            for b in args.batches:
-                w("train", batch=b, steps=3)
-            w("infer", batch=1000, steps=1)
+            if not args.latency_only:
+                for b in args.batches:
+                    w("train", batch=b, steps=3)
+                w("infer", batch=1000, steps=1)
             w("latency", calls=5)
         peaks = [sgemm("peak")]
         print(f"sgemm peak {peaks[0]:.0f} GFLOP/s on {args.threads} threads; LeNet-5 "
@@ -406,11 +411,12 @@ def main(argv=None):
               f"the share of the limit each reaches)\n{'':<24}{'':<20}{'npnet img/s':>12}"
               f"{'torch img/s':>12}{'ratio':>9}{'min':>8}{'max':>8}{'npnet':>9}{'torch':>9}")
         timed = []                                # (label, cmd, images, FLOP kind, kw)
-        for b in args.batches:
+        for b in [] if args.latency_only else args.batches:
             timed.append((f"train, batch {b}", "train", b * args.steps, "train",
                           dict(batch=b, steps=args.steps)))
-        timed.append(("inference, batch 1000", "infer", 1000 * 5, "infer",
-                      dict(batch=1000, steps=5)))
+        if not args.latency_only:
+            timed.append(("inference, batch 1000", "infer", 1000 * 5, "infer",
+                          dict(batch=1000, steps=5)))
         for label, cmd, images, kind, kw in timed:
             results["rows"].append(compare(workers, args.rounds, label, cmd, images,
                                            peaks[0] * 1e9 / flops[kind], **kw))
@@ -433,7 +439,7 @@ def main(argv=None):
             w.close()
         tmp.cleanup()
 
-    if not args.no_startup:
+    if not (args.no_startup or args.latency_only):
         results["startup"] = startup(args.threads)
     return _finish(results, args.json)
 
