@@ -112,6 +112,23 @@ def test_without_a_checkpoint_it_says_how_to_make_one(explain, tmp_path, monkeyp
     assert "runs/lenet5/best.npz" in err and "make train" in err and err.count("\n") == 1
 
 
+def test_a_safetensors_export_is_served_as_its_checkpoint(explain, tmp_path,
+                                                          save_untrained_checkpoint):
+    """--checkpoint takes the model.safetensors of --export-safetensors too (both go
+    through npnet.checkpoint.load_model): same model, same weights, in float64."""
+    path = save_untrained_checkpoint(tmp_path / "c.npz", "lenet5_classic", 4)
+    model, _ = npnet.checkpoint.load_model(path)
+    weights = tmp_path / "model.safetensors"
+    npnet.save_weights(model.state_dict(), weights,
+                       metadata={"model": "lenet5_classic", "dataset": "mnist"})
+    from_npz, from_st = explain.load_checkpoint(path), explain.load_checkpoint(weights)
+    assert from_npz[1:] == from_st[1:] == ("lenet5_classic", "mnist")
+    a, b = from_npz[0].state_dict(), from_st[0].state_dict()
+    assert list(a) == list(b)
+    for k in a:
+        assert a[k].dtype == np.float64 and np.array_equal(a[k], b[k]), k
+
+
 def test_a_bad_checkpoint_exits_2_with_one_line(explain, tmp_path, capsys,
                                                  save_untrained_checkpoint):
     bad = tmp_path / "bad.npz"
