@@ -33,7 +33,7 @@ except ValueError as e:                 # e.g. a bad NPNET_NUM_THREADS: one line
     sys.exit(2)
 from npnet import data as npdata
 from npnet.checkpoint import load_model
-from npnet.io import open_regular
+from npnet.io import open_regular, read_npy_header
 
 
 def max_pixels():
@@ -67,14 +67,10 @@ def _read_npy(path):
     """A .npy array, its header checked before any data is read: plain numbers (no
     structured or object dtype), at most ``max_pixels()`` values, and exactly the bytes
     the header declares (so a tiny file cannot ask for a huge array)."""
-    fmt = np.lib.format
     with open_regular(path, ".npy file") as f:
         size = f.seek(0, 2)
         f.seek(0)
-        version = fmt.read_magic(f)          # ValueError when not a .npy
-        read_header = fmt.read_array_header_1_0 if version == (1, 0) else \
-            fmt.read_array_header_2_0
-        shape, fortran, dtype = read_header(f)          # at most 10,000 header bytes
+        shape, fortran, dtype = read_npy_header(f)      # ValueError when not a .npy
         if dtype.names is not None or dtype.kind not in "buif":
             raise ValueError(f"a .npy of {dtype} values; expected plain numbers")
         count = math.prod(shape)
@@ -86,7 +82,7 @@ def _read_npy(path):
                              f"({count * dtype.itemsize} bytes), the file has "
                              f"{size - f.tell()}")
         f.seek(0)
-        return fmt.read_array(f, allow_pickle=False)
+        return np.lib.format.read_array(f, allow_pickle=False)
 
 
 def _read_picture(path):

@@ -301,13 +301,18 @@ def _forward(layer, x):
 def _forward_leaving(layer, x, x_kept, report):
     """layer(x), refusing a forward that changes x (then nothing can be checked)."""
     y = _forward(layer, x)
+    _refuse_changed_x(x, x_kept, report, "forward changed its input x in place; a layer "
+                      "must leave x as it got it (the layer below may keep it for its own "
+                      "backward)")
+    return y
+
+
+def _refuse_changed_x(x, x_kept, report, message):
+    """If a call changed x in place, put x back, note the fault and stop the check."""
     if not np.array_equal(x, x_kept, equal_nan=True):
         x[...] = x_kept
-        report.fault("input modified", f"forward changed its input x in place;"
-                     " a layer must leave x as it got it (the layer below may keep it for its "
-                     "own backward)")
+        report.fault("input modified", message)
         raise GradcheckError(str(report), report)
-    return y
 
 
 def _shares(a, others) -> list:
@@ -326,11 +331,8 @@ def _one_backward(layer, x, G, report, slots):
         got = grad_in.shape if isinstance(grad_in, np.ndarray) else type(grad_in).__name__
         raise GradcheckError(f"gradcheck: {layer!r}.backward returned {got} for an input "
                              f"of shape {x.shape}: dL/dx must have the input's shape", report)
-    if not np.array_equal(x, x_kept, equal_nan=True):
-        x[...] = x_kept
-        report.fault("input modified", f"backward changed the forward's input x in "
-                     "place; read it, never write it")
-        raise GradcheckError(str(report), report)
+    _refuse_changed_x(x, x_kept, report, "backward changed the forward's input x in place; "
+                      "read it, never write it")
     if not np.array_equal(G_arg, G, equal_nan=True):
         report.fault("grad_out modified", f"backward changed its argument grad_out "
                      "in place (write grad_out * mask, not grad_out *= mask: the caller may "

@@ -68,8 +68,8 @@ from collections import OrderedDict
 
 import numpy as np
 
-__all__ = ["save", "load", "save_weights", "load_weights", "open_regular", "atomic_write",
-           "FORMAT", "VERSION"]
+__all__ = ["save", "load", "save_weights", "load_weights", "open_regular", "read_npy_header",
+           "atomic_write", "FORMAT", "VERSION"]
 
 FORMAT = "npnet-checkpoint"
 VERSION = 1
@@ -178,11 +178,15 @@ def atomic_write(path: str, write) -> None:
         except FileNotFoundError:
             pass
         if isinstance(err, OSError) and err.filename is None:
-            # A failed write ("No space left on device") names no file: name the target.
-            raise OSError(err.errno, f"{err.strerror or err} while writing",
-                          path) from err
+            raise naming(err, path) from err
         raise
     _fsync_directory(directory)              # the rename itself is on disk
+
+
+def naming(err: OSError, path) -> OSError:
+    """The OSError of a failed write, naming the file written: a write that fails
+    ("No space left on device") names no file of its own."""
+    return OSError(err.errno, f"{err.strerror or err} while writing", os.fspath(path))
 
 
 def lock_exclusive(path, create: bool = True):
@@ -553,11 +557,7 @@ def _read_array(node: dict, zf: zipfile.ZipFile, budget: _Budget,
     budget.take(info)
     with zf.open(member) as stream:
         try:
-            version = np.lib.format.read_magic(stream)
-            header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                      else np.lib.format.read_array_header_2_0)
-            # allow_pickle is not needed: the header is parsed as a literal, never run.
-            npy_shape, fortran, npy_dtype = header(stream)
+            npy_shape, fortran, npy_dtype = read_npy_header(stream)
         except Exception as err:             # a corrupt header can raise nearly anything
             raise _Invalid(f"member {member!r} is not a valid .npy "
                            f"({type(err).__name__}: {err})") from err
@@ -576,6 +576,21 @@ def _read_array(node: dict, zf: zipfile.ZipFile, budget: _Budget,
         if stream.read(1):                   # reading to the end also checks the CRC
             raise _Invalid(f"trailing data in member {member!r}")
     return array.T if fortran else array
+
+
+def read_npy_header(stream) -> tuple:
+    """``(shape, fortran_order, dtype)`` from the header of the ``.npy`` data at the
+    stream's position, which is left at the first data byte.  The header is parsed as a
+    Python literal (at most a few kB), never run, and nothing of the data is read, so its
+    sizes can be checked before any array is made.
+
+    Raises:
+        ValueError: not a ``.npy`` header (NumPy's own message).
+    """
+    version = np.lib.format.read_magic(stream)
+    header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+              else np.lib.format.read_array_header_2_0)
+    return header(stream)
 
 
 def _fill(stream, array: np.ndarray, member: str) -> None:

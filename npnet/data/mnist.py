@@ -48,7 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import lock_exclusive
+from ..io import lock_exclusive, naming
 from .idx import read_idx
 
 # -- what the datasets are ---------------------------------------------------------------
@@ -154,7 +154,7 @@ def _write_all(out, chunk: bytes, dest: Path) -> None:
     except OSError as err:
         if err.filename is not None:
             raise
-        raise OSError(err.errno, f"{err.strerror} while writing", str(dest)) from err
+        raise naming(err, dest) from err
 
 
 def _gunzip_bounded(fileobj, dest: Path, limit: int, what: str) -> None:

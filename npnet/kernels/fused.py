@@ -260,11 +260,11 @@ def conv_relu_pool_forward(x, w2, b, kh, kw, ph, pw, OH, OW, S, y, arg, xps):
     Convolution with stride 1 and zero padding (ph, pw), bias, ReLU, then a 2x2 max-pool
     of stride 2 (floor mode).  (OH, OW) is the convolution's output size, from the
     caller (``geometry.out_size``): a cached kernel calls no Numba function of another
-    file, whose changes its cache would not see (``warm.py``).  arg is the winner's index 2*i + j in its window: the first
-    maximum of z, as torch's max-pool picks it (NaN wins, as in torch).  S samples are
-    laid side by side and computed as one (chunks of n = c*S ... c*S + S - 1).  Each
-    chunk's padded samples are written to its row of xps (``padded_shape``), which the
-    backward reads: the input itself is not needed again.
+    file, whose changes its cache would not see (``warm.py``).  arg is the winner's index
+    2*i + j in its window: the first maximum of z, as torch's max-pool picks it (NaN
+    wins, as in torch).  S samples are laid side by side and computed as one (chunks of
+    n = c*S ... c*S + S - 1).  Each chunk's padded samples are written to its row of xps
+    (``padded_shape``), which the backward reads: the input itself is not needed again.
     """
     N, C, H, W = x.shape
     F = w2.shape[0]
