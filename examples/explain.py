@@ -37,7 +37,11 @@ from pathlib import Path
 
 import numpy as np
 
-import npnet
+try:
+    import npnet
+except ValueError as e:                 # e.g. a bad NPNET_NUM_THREADS: one line, not a trace
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
 import npnet.hooks
 from npnet import data as npdata
 

@@ -289,7 +289,7 @@ def test_a_failed_run_removes_the_folder_it_created(train, tmp_path, capsys):
 
 
 def test_a_bad_thread_count_is_a_one_line_error(tmp_path):
-    for script in ("train_lenet.py", "predict.py"):
+    for script in ("train_lenet.py", "predict.py", "explain.py"):
         r = subprocess.run([sys.executable, str(Path(__file__).parents[1] / "examples" /
                                                 script), "--help"],
                            capture_output=True, text=True, timeout=120,
