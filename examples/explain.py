@@ -102,9 +102,8 @@ class Explainer:
 
     def __init__(self, model, name="lenet5", dataset="mnist", test_images=None):
         self.model, self.name, self.dataset = model, name, dataset
-        self.mean, self.std = npdata.NORMALIZATION.get(dataset, npdata.NORMALIZATION["mnist"])
-        self.classes = (list(npdata.FASHION_MNIST_CLASSES) if dataset == "fashion-mnist"
-                        else [str(k) for k in range(10)])
+        self.mean, self.std = npdata.NORMALIZATION[dataset]
+        self.classes = list(npdata.CLASSES[dataset])
         self.lock = threading.Lock()
         self.backward_offered = not any(isinstance(m, TRAIN_ONLY_DIFFERENT)
                                         for m in model.modules())

@@ -191,10 +191,8 @@ def main(argv=None):
         return 2
     dataset = settings["dataset"]
     mean, std = npdata.NORMALIZATION[dataset]
-    if dataset == "fashion-mnist":
-        prepare, names = to_fashion_mnist, npdata.FASHION_MNIST_CLASSES
-    else:
-        prepare, names = to_mnist, [str(k) for k in range(10)]
+    names = npdata.CLASSES[dataset]
+    prepare = to_fashion_mnist if dataset == "fashion-mnist" else to_mnist
 
     status = 0
     for path in args.images:

@@ -21,6 +21,7 @@ from .loader import (
     random_shift,
 )
 from .mnist import (
+    CLASSES,
     FASHION_MNIST_CLASSES,
     FetchError,
     default_root,
@@ -36,5 +37,5 @@ __all__ = [
     "train_val_split",
     "iterate_batches", "DataLoader", "normalize", "random_flip", "random_shift",
     "MNIST_MEAN", "MNIST_STD", "FASHION_MNIST_MEAN", "FASHION_MNIST_STD",
-    "FASHION_MNIST_CLASSES", "NORMALIZATION",
+    "FASHION_MNIST_CLASSES", "CLASSES", "NORMALIZATION",
 ]

@@ -102,6 +102,8 @@ class SourceUnavailable(Exception):
 #: Fashion-MNIST's ten classes, in label order.
 FASHION_MNIST_CLASSES = ("T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
                          "Shirt", "Sneaker", "Bag", "Boot")
+#: Each dataset's class names, in label order (MNIST's are its digits).
+CLASSES = {"mnist": tuple(str(k) for k in range(10)), "fashion-mnist": FASHION_MNIST_CLASSES}
 
 
 def default_root(dataset: str) -> Path:
