@@ -40,8 +40,6 @@ import sys
 import tarfile
 import tempfile
 import time
-import urllib.error
-import urllib.request
 import warnings
 import zlib
 from pathlib import Path
@@ -180,6 +178,8 @@ class HttpMirror:
         return self.base_url
 
     def get(self, name: str, dest: Path, size: int) -> None:
+        import urllib.error     # here, not at the top: it costs 40-70 ms of every
+        import urllib.request   # ``import npnet``, and only a download needs it
         url = self.base_url + name + ".gz"
         try:
             with urllib.request.urlopen(url, timeout=self.timeout) as response:

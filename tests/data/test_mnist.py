@@ -544,3 +544,15 @@ def test_a_full_disk_names_the_file_being_written(tmp_path):
     from npnet.data.mnist import _copy_bounded
     with pytest.raises(OSError, match=r"No space left on device while writing: '/dev/full'"):
         _copy_bounded(io.BytesIO(b"x" * 100), Path("/dev/full"), 1000)
+
+
+def test_import_npnet_leaves_the_http_client_to_a_download():
+    # urllib.request (with http.client, email, socket) is 40-70 ms of a warm start;
+    # HttpMirror.get imports it when it downloads (docs/performance.md, Start-up)
+    import subprocess
+    import sys
+    code = ("import sys, npnet; print(sorted(m for m in ('urllib.request', 'http.client') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"
