@@ -365,8 +365,11 @@ def main(argv=None):
     import npnet
     if args.threads is None:
         args.threads = npnet.threads.get_num_threads()
+    machine = roofline.cpu()
+    print(f"machine: {machine}, {os.cpu_count()} cores")
     if args.startup_only:
-        return _finish({"threads": args.threads, "startup": startup(args.threads)}, args.json)
+        return _finish({"threads": args.threads, "machine": machine,
+                        "startup": startup(args.threads)}, args.json)
     tmp = tempfile.TemporaryDirectory(prefix="npnet-bench-")
     init = os.path.join(tmp.name, "init.npz")
     np.savez(init, **npnet.lenet5(rng=np.random.default_rng(SEED)).state_dict())
@@ -387,7 +390,8 @@ def main(argv=None):
                Worker(MODELS[0], "lenet5", args.threads, init, data),
                Worker(MODELS[1], "seed", args.threads, init, data)]
     sgemm = Worker("sgemm", "sgemm", args.threads, init, data)
-    results = {"threads": args.threads, "cpu_count": os.cpu_count(), "data": "MNIST",
+    results = {"threads": args.threads, "machine": machine, "cpu_count": os.cpu_count(),
+               "data": "MNIST",
                "rounds": args.rounds, "steps": args.steps, "flop_per_image": flops,
                "rows": []}
     try:

@@ -88,3 +88,29 @@ def sgemm_gflops(threads: int, n: int = 2048, repeats: int = 5) -> float:
             np.matmul(a, b, out=c)
             best = min(best, time.perf_counter() - t0)
     return 2 * n ** 3 / best / 1e9
+
+
+def cpu(cpuinfo: str | None = None) -> str:
+    """The CPU's model name and its widest vector instructions, e.g. "AMD EPYC, AVX2".
+
+    Figures move with it (docs/performance.md: on an AMD EPYC without AVX-512 npnet's
+    inference ratio was half the Xeon's), so every benchmark run prints it.  Read from
+    ``cpuinfo`` (the text of /proc/cpuinfo, read here when None); "unknown CPU" where
+    there is none.
+    """
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read()
+        except OSError:
+            cpuinfo = ""
+    fields = {}
+    for line in cpuinfo.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() not in fields:
+            fields[key.strip()] = value.strip()
+    flags = set(fields.get("flags", "").split())
+    isa = next((name for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2"),
+                                        ("avx", "AVX"), ("sse2", "SSE2")) if flag in flags),
+               "vector instructions unknown")
+    return f"{fields.get('model name', 'unknown CPU')}, {isa}"

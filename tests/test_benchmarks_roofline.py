@@ -62,3 +62,14 @@ def test_sgemm_peak_gives_openblas_its_one_thread_back(roofline):
     gflops = roofline.sgemm_gflops(2, n=128, repeats=2)
     assert np.isfinite(gflops) and gflops > 0
     assert _blas_threads() == before
+
+
+def test_cpu_names_the_model_and_its_widest_vectors(roofline):
+    amd = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 avx fma avx2 bmi2\n"
+    xeon = ("processor\t: 0\nmodel name\t: Intel Xeon Processor\nflags\t\t: sse2 avx avx2 "
+            "avx512f avx512vl\n\nprocessor\t: 1\nmodel name\t: Intel Xeon Processor\n")
+    assert roofline.cpu(amd) == "AMD EPYC, AVX2"
+    assert roofline.cpu(xeon) == "Intel Xeon Processor, AVX-512"
+    assert roofline.cpu("") == "unknown CPU, vector instructions unknown"
+    here = roofline.cpu()
+    assert here.count(", ") >= 1 and not here.startswith("unknown CPU")   # Linux here
