@@ -40,10 +40,12 @@ def assert_same_models(a, b):
 
 
 # -- issue 3: a real-data test with an accuracy target -------------------------------------
-def test_one_epoch_on_5000_images_reaches_90_percent():
-    """The library as a user drives it: 1 epoch on 5,000 images, >= 90% on 1,000 test
-    images.  (LeNet-5 gets ~96% here; 90% leaves room for seeds, not for a broken layer:
-    a model that learned nothing scores ~10%.)"""
+def test_four_epochs_on_5000_images_reach_90_percent():
+    """The library as a user drives it: Adam (lr 1e-3) for 4 epochs on 5,000 images,
+    >= 90% on 1,000 test images.  Seeds 0-9 give 93.0-95.8% (AMD EPYC, 2026-12-02), so
+    90% leaves room for seeds and for rounding, not for a broken layer: a model that
+    learned nothing scores ~10%.  (The recipe before, SGD for 1 epoch, gave 59-90% over
+    the same seeds: seed 0 passed by 1.6 points on one CPU and failed on another.)"""
     images, labels = npnet.data.load_mnist(split="train")
     test_images, test_labels = npnet.data.load_mnist(split="test")
     x = npnet.data.normalize(images[:5000], npnet.data.MNIST_MEAN, npnet.data.MNIST_STD)
@@ -51,17 +53,18 @@ def test_one_epoch_on_5000_images_reaches_90_percent():
     rng = np.random.default_rng(0)
     model = npnet.lenet5(rng=rng)
     crit = npnet.CrossEntropyLoss()
-    opt = npnet.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True)
-    for xb, yb in npnet.data.iterate_batches(x, y, 64, shuffle=True, rng=rng):
-        opt.zero_grad()
-        crit(model(xb), yb)
-        model.backward(crit.backward(), need_grad_in=False)
-        opt.step()
+    opt = npnet.optim.Adam(model.parameters(), lr=1e-3)
+    for epoch in range(4):
+        for xb, yb in npnet.data.iterate_batches(x, y, 64, shuffle=True, rng=rng):
+            opt.zero_grad()
+            crit(model(xb), yb)
+            model.backward(crit.backward(), need_grad_in=False)
+            opt.step()
     model.eval()
     xt = npnet.data.normalize(test_images[:1000], npnet.data.MNIST_MEAN,
                               npnet.data.MNIST_STD)
     acc = np.mean(model(xt).argmax(axis=1) == test_labels[:1000])
-    assert acc >= 0.90, f"test accuracy {acc:.3f} after one epoch on 5,000 images"
+    assert acc >= 0.90, f"test accuracy {acc:.3f} after 4 epochs on 5,000 images"
 
 
 def test_script_writes_metrics_checkpoints_and_plots(train, tmp_path):
