@@ -190,29 +190,13 @@ def test_the_usual_ways_to_flatten_give_the_same_gradients(flatten, rng, draw):
 
 
 @pytest.mark.slow
-def test_the_seed_class_trains_through_the_readme_loop():
+def test_the_seed_class_trains_through_the_readme_loop(train_on_5000_images):
     """The README's loop on the seed's class (padding=2): 4 epochs on 5,000 MNIST images
-    reach >= 90% on 1,000 test images, with the recipe of tests/test_train_lenet.py
-    (Adam, lr 1e-3; seeds 0-9 give 93.0-95.8% there).  A model that learned nothing
-    scores ~10%."""
-    images, labels = npnet.data.load_mnist(split="train")
-    x = npnet.data.normalize(images[:5000], npnet.data.MNIST_MEAN, npnet.data.MNIST_STD)
-    y = labels[:5000].astype(np.int64)
+    reach >= 90% on 1,000 test images, with the recipe lenet5() is held to
+    (tests/conftest.py).  A model that learned nothing scores ~10%."""
     rng = np.random.default_rng(0)
     with npnet.nn.init_generator(rng):
         model = seed_class("npnet", padding=2)()
-    crit = npnet.CrossEntropyLoss()
-    opt = npnet.optim.Adam(model.parameters(), lr=1e-3)
-    for epoch in range(4):
-        for xb, yb in npnet.data.iterate_batches(x, y, batch_size=64, shuffle=True,
-                                                 rng=rng):
-            opt.zero_grad()
-            loss = crit(model(xb), yb)
-            model.backward(crit.backward())
-            opt.step()
+    accuracy, loss = train_on_5000_images(model, rng)
     assert np.isfinite(loss)
-    test_images, test_labels = npnet.data.load_mnist(split="test")
-    xt = npnet.data.normalize(test_images[:1000], npnet.data.MNIST_MEAN, npnet.data.MNIST_STD)
-    model.eval()
-    accuracy = float(np.mean(np.asarray(model(xt)).argmax(axis=1) == test_labels[:1000]))
     assert accuracy >= 0.90, accuracy
