@@ -1,7 +1,10 @@
-"""Forward and backward time of each call of a LeNet-5 training step, in milliseconds.
+"""Forward and backward time of each call of a training step, in milliseconds.
 
     .venv/bin/python benchmarks/profile_layers.py [--batch 64] [--repeats 200]
-                                                  [--model lenet5|seed] [--no-fuse]
+                                                  [--model lenet5|seed|resnet] [--no-fuse]
+
+The models: ``lenet5`` (npnet.lenet5()), ``seed`` (the seed's class, npnet.models.LeNet5),
+``resnet`` (npnet.models.resnet()).
 
 One training forward is recorded; then each recorded call (as the tape lists it: a fused
 conv -> ReLU -> pool block is one call) is timed on its own, its layer's forward and
@@ -46,13 +49,14 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=200)
-    ap.add_argument("--model", choices=["lenet5", "seed"], default="lenet5")
+    ap.add_argument("--model", choices=["lenet5", "seed", "resnet"], default="lenet5")
     ap.add_argument("--no-fuse", action="store_true")
     args = ap.parse_args(argv)
 
     rng = np.random.default_rng(0)
     with npnet.nn.init_generator(rng):
-        model = npnet.lenet5() if args.model == "lenet5" else npnet.models.LeNet5()
+        model = {"lenet5": npnet.lenet5, "seed": npnet.models.LeNet5,
+                 "resnet": npnet.models.resnet}[args.model]()
     npnet.fusion.set_fusion(model, not args.no_fuse)
     x = rng.standard_normal((args.batch, 1, 28, 28)).astype(np.float32)
     t = rng.integers(0, 10, args.batch)
@@ -123,7 +127,7 @@ def main(argv=None):
         hand.append(median_ms(by_hand, args.repeats // 5 + 10))
     whole, hand = float(np.median(whole)), float(np.median(hand))
 
-    print(f"\nLeNet-5 ({args.model}), batch {args.batch}, fusion "
+    print(f"\n{args.model}, batch {args.batch}, fusion "
           f"{'off' if args.no_fuse else 'on'}, threads {npnet.threads.policy()}")
     print(f"sgemm peak {peak:.0f} GFLOP/s on {npnet.threads.get_num_threads()} threads "
           f"(OpenBLAS, 2048 x 2048 float32)")

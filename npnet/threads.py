@@ -12,11 +12,12 @@ slower (docs/performance.md).  npnet therefore picks one pool for parallelism:
   whatever the thread count, and the per-task parameter gradients are summed in task
   order afterwards: results are bit-identical for any number of threads.
 * **OpenBLAS** is limited to **one** thread (through threadpoolctl, when npnet is
-  imported).  It serves the dense products (Linear, and convolutions the fused path does
-  not cover), called between the parallel kernels.  A convolution's stack of per-sample
-  products is split the same way, over the batch: ``get_num_threads()`` Python threads
-  each multiply a run of samples with single-threaded OpenBLAS (``npnet/kernels/matmul.py``),
-  the same products whatever the split, so this too is bit-identical for any count.
+  imported).  It serves the dense products (Linear, and the convolutions that take the
+  im2col road), called between the parallel kernels.  A convolution's products are split
+  the same way, over the batch: ``get_num_threads()`` Python threads each multiply chunks
+  of samples fixed by the layer's shape with single-threaded OpenBLAS
+  (``npnet/kernels/chunks.py``), the same products whatever the split, so this too is
+  bit-identical for any count.
 
 Numba keeps the count per Python thread: ``set_num_threads`` and ``NPNET_NUM_THREADS``
 apply to the thread that imported npnet or made the call; a worker thread of your own

@@ -1,7 +1,7 @@
 """Work split over the batch: chunks of samples, run at once by npnet's threads.
 
-A convolution's forward is, per sample, im2col then one matmul; its backward the same
-columns again, two matmuls and col2im.  Done for the whole batch at once, each step is a
+A convolution's forward (on its im2col road, ``layers/conv.py``) is im2col then a matmul;
+its backward the same columns again, two matmuls and col2im.  Done for the whole batch at once, each step is a
 pass over arrays of tens of MB (conv 3x3 on 16 channels of 28x28, batch 128: 58 MB of
 columns), freshly allocated every step.  Done for a chunk of a few samples, the chunk's
 columns fit in a core's cache and are used while they are there.
@@ -31,11 +31,12 @@ def _executor() -> ThreadPoolExecutor:
     return _pool
 
 
-def chunk_size(bytes_per_sample: int, N: int, budget: int = 1 << 22) -> int:
+def chunk_size(bytes_per_sample: int, N: int, budget: int = 1 << 20) -> int:
     """Samples per chunk: as many as fit their scratch arrays in ``budget`` bytes, at
-    least one, at most N.  4 MiB trained the ResNet fastest here (577 images/s; 1 MiB:
-    544, 512 KiB: 488, 16 MiB: 446): chunks small enough to stay in cache, large enough
-    that a chunk's calls cost little next to its arithmetic."""
+    least one, at most N: chunks small enough to stay in cache, large enough that a
+    chunk's calls cost little next to its arithmetic.  1 MiB trained the ResNet fastest
+    at batch 128 once its stride-1 convolutions ran without im2col (a step of 138 ms;
+    2 MiB: 138-140, 512 KiB: 137-146, 4 MiB: 149-157; docs/performance.md)."""
     return max(1, min(N, budget // max(1, bytes_per_sample)))
 
 

@@ -1,4 +1,5 @@
-"""Fused kernels: convolution + bias + ReLU + 2x2 max-pool, a few samples per task.
+"""Fused kernels: convolution + bias + ReLU + 2x2 max-pool, a few samples per task; and
+the same convolution alone (``conv_forward``, ``conv_backward``: Conv2d of stride 1).
 
 The layers in ``npnet/layers`` run one operation per call (im2col, matmul, ReLU, pool),
 each a pass over a batch-sized array in memory.  These kernels do the whole block for
@@ -198,6 +199,25 @@ def _gemm_tn_shift_acc(at, g, off, L, block, dxp):
                 d[p] += src[p]
 
 
+@njit(cache=True, nogil=True, fastmath=_FM)
+def _grad_input(w2t, gz, off, L, ph, pw, Hp, Wq, n0, Sc, grad_in):
+    """grad_in[n0 : n0 + Sc] = dL/dx of one chunk, from gz (F, L) = dL/dz on its wide
+    positions: dL/dxp = the rows of W2.T @ gz added at their offsets, then each sample's
+    unpadded part of dL/dxp (the padding's share is dropped, as in col2im)."""
+    C, H, W = grad_in.shape[1], grad_in.shape[2], grad_in.shape[3]
+    Wc = Sc * Wq
+    dxp = np.zeros(C * Hp * Wc, dtype=gz.dtype)            # dL/dxp
+    block = np.empty((4, L), dtype=gz.dtype)
+    _gemm_tn_shift_acc(w2t, gz, off, L, block, dxp)        # (K, F) @ (F, L), added at off
+    for s in range(Sc):
+        for c in range(C):
+            for h in range(H):
+                base = (c * Hp + h + ph) * Wc + s * Wq + pw
+                dst = grad_in[n0 + s, c, h]
+                for w in range(W):
+                    dst[w] = dxp[base + w]
+
+
 @njit(cache=True, nogil=True)
 def _offsets(C, kh, kw, Hp, Wp):
     """off[k] for k = (c*kh + i)*kw + j: where row k of the column matrix starts in xp."""
@@ -344,17 +364,69 @@ def conv_relu_pool_backward(xps, w2t, kh, kw, ph, pw, OH, OW, S, grad_out, y, ar
                 db_n[n, f] = t
         _gemm_nt_shift(gz, xp, off, L, dw_c[ci])           # (F, L) @ (L, K) -> (F, K)
         if need_grad_in:
-            dxp = np.zeros(C * Hp * Wc, dtype=y.dtype)     # dL/dxp
-            block = np.empty((4, L), dtype=y.dtype)
-            _gemm_tn_shift_acc(w2t, gz, off, L, block, dxp)  # (K, F) @ (F, L), added at off
-            for s in range(Sc):
-                for c in range(C):
-                    for h in range(H):
-                        base = (c * Hp + h + ph) * Wc + s * Wq + pw
-                        dst = grad_in[n0 + s, c, h]
-                        for w in range(W):
-                            dst[w] = dxp[base + w]
+            _grad_input(w2t, gz, off, L, ph, pw, Hp, Wq, n0, Sc, grad_in)
     return dw_c, db_n, grad_in
+
+
+# -- the convolution alone (Conv2d of stride 1): the same product, no ReLU, no pool ---------
+@njit(cache=True, parallel=True, nogil=True)
+def conv_forward(x, w2, b, kh, kw, ph, pw, OH, OW, S, y, xps):
+    """x (N, C, H, W), w2 (F, K), b (F,) -> y (N, F, OH, OW): a convolution of stride 1
+    with zero padding (ph, pw), by the shifted product of ``conv_relu_pool_forward``,
+    whose z is y on the wide positions: each sample's OW outputs of row oh start at
+    ``oh*Wc + s*Wq``.  The chunks' padded samples go to ``xps`` for the backward."""
+    N, C, H, W = x.shape
+    F = w2.shape[0]
+    Hp, Wq = H + 2 * ph, _width(W, pw)
+    off_full = _offsets(C, kh, kw, Hp, S * Wq)
+    for ci in prange((N + S - 1) // S):
+        n0 = ci * S
+        Sc = min(S, N - n0)
+        Wc = Sc * Wq
+        L = (OH - 1) * Wc + (Sc - 1) * Wq + OW
+        off = off_full if Sc == S else _offsets(C, kh, kw, Hp, Wc)
+        xp = xps[ci, :C * Hp * Wc]
+        xp[:] = 0
+        _pad_chunk(x, n0, Sc, ph, pw, Wq, xp)
+        z = np.empty((F, L), dtype=x.dtype)
+        for f in range(F):
+            z[f, :] = b[f]
+        _gemm_shift(w2, xp, off, L, z)                     # (F, K) @ (K, L)
+        for s in range(Sc):                                # the wide rows' real outputs
+            for f in range(F):
+                for oh in range(OH):
+                    j = oh * Wc + s * Wq
+                    y[n0 + s, f, oh, :] = z[f, j:j + OW]
+    return y
+
+
+@njit(cache=True, parallel=True, nogil=True, fastmath=_FM)
+def conv_backward(xps, w2t, kh, kw, ph, pw, OH, OW, S, grad_out, dw_c, grad_in,
+                  need_grad_in):
+    """Gradients of conv_forward per chunk of S samples: grad_out (N, F, OH, OW) -> dw_c
+    (ceil(N/S), F, K), one weight gradient per chunk, which the caller sums in order, and,
+    if need_grad_in, dL/dx into grad_in (N, C, H, W) (else (0, C, H, W), for its shape)."""
+    N, F = grad_out.shape[0], grad_out.shape[1]
+    C, H, W = grad_in.shape[1], grad_in.shape[2], grad_in.shape[3]
+    Hp, Wq = H + 2 * ph, _width(W, pw)
+    off_full = _offsets(C, kh, kw, Hp, S * Wq)
+    for ci in prange((N + S - 1) // S):
+        n0 = ci * S
+        Sc = min(S, N - n0)
+        Wc = Sc * Wq
+        L = (OH - 1) * Wc + (Sc - 1) * Wq + OW
+        off = off_full if Sc == S else _offsets(C, kh, kw, Hp, Wc)
+        xp = xps[ci, :C * Hp * Wc]
+        gz = np.zeros((F, L), dtype=grad_out.dtype)        # dL/dz on the wide positions,
+        for s in range(Sc):                                # 0 where no output is
+            for f in range(F):
+                for oh in range(OH):
+                    j = oh * Wc + s * Wq
+                    gz[f, j:j + OW] = grad_out[n0 + s, f, oh, :]
+        _gemm_nt_shift(gz, xp, off, L, dw_c[ci])           # (F, L) @ (L, K) -> (F, K)
+        if need_grad_in:
+            _grad_input(w2t, gz, off, L, ph, pw, Hp, Wq, n0, Sc, grad_in)
+    return dw_c, grad_in
 
 
 def padded_width(W, pw):

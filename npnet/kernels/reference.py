@@ -10,7 +10,8 @@ Index conventions (shared with the fast kernels):
   ``P = OH * OW``.
 * columns: (N, C*kh*kw, P); row ``(c*kh + i)*kw + j`` holds input pixel
   ``(c, oh*sh - ph + i, ow*sw - pw + j)`` in column ``oh*OW + ow`` (zero where that pixel
-  falls in the padding).
+  falls in the padding).  The fast ``im2col`` stores the same entries as (C*kh*kw, N, P),
+  weight position first (its docstring says why); the tests transpose one to the other.
 """
 from __future__ import annotations
 

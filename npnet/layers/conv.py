@@ -1,23 +1,32 @@
-"""Conv2d: a 2-D cross-correlation as im2col + one matrix multiply per sample.
+"""Conv2d: a 2-D cross-correlation as matrix products, in one of three ways by shape.
 
 Forward, for sample n, filter f and output position p = (oh, ow)::
 
     y[n, f, p] = b[f] + sum_{c,i,j} W[f, c, i, j] * x[n, c, oh*s - pad + i, ow*s - pad + j]
 
 im2col gathers every receptive field of x into a column, so the sum becomes a matmul:
-``cols`` (N, K, P) with K = C*kh*kw, ``y = W2 @ cols`` with W2 = W.reshape(F, K).  The
-batch goes through in chunks of a few samples, whose columns fit in a core's cache, run at
-once on npnet's threads (``kernels/chunks.py``); the backward rebuilds each chunk's
-columns from x instead of keeping them (9x the input's size for a 3x3 kernel).  When the
-kernel covers the whole unpadded input (LeNet-5's conv3) a sample's one column is
-the sample itself, and the N products (F, K) @ (K, 1) are one product (N, K) @ (K, F):
-the same sums, no im2col, one call to the matrix multiply.
+the columns U_n (K, P) of sample n, K = C*kh*kw, and ``y[n] = W2 @ U_n`` with
+W2 = W.reshape(F, K).  The batch goes through in chunks of a few samples, whose columns
+fit in a core's cache, run at once on npnet's threads (``kernels/chunks.py``); a chunk's
+columns are stored (K, S, P), so that its S products are ONE product (F, K) @ (K, S*P),
+wide enough for OpenBLAS to run near its speed even where a sample has few positions;
+the backward rebuilds each chunk's columns from x instead of keeping them (9x the
+input's size for a 3x3 kernel).
+
+Two shapes take a shorter road to the same sums:
+
+* the kernel covers the whole unpadded input (LeNet-5's conv3): a sample's one column is
+  the sample itself, and the N products (F, K) @ (K, 1) are one product (N, K) @ (K, F);
+* stride 1 on maps of at least 32 positions (``shifted_product``): no im2col at all.  Row
+  (c, i, j) of U_n is then a contiguous run of the zero-padded sample, read in place by
+  the shifted product of the fused kernels (``kernels/fused.py``, docs/layers/fused.md),
+  which runs here without the ReLU and the pool.
 
 Backward, with g = dL/dy reshaped to (N, F, P)::
 
-    dL/dW2 = sum_n g[n] @ cols[n].T          (F, K)
+    dL/dW2 = sum_n g[n] @ U_n.T              (F, K)
     dL/db  = sum_{n,p} g[n, :, p]            (F,)
-    dL/dcols = W2.T @ g[n]                   (N, K, P)  then  dL/dx = col2im(dL/dcols)
+    dL/dU_n = W2.T @ g[n]                    (K, P)  then  dL/dx = col2im(dL/dU)
 
 col2im ADDS: a pixel that sits in several receptive fields was used several times, so its
 gradient is the sum over those uses.  docs/layers/conv.md derives each line.
@@ -29,11 +38,23 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..kernels import fused as shifted
 from ..kernels.chunks import chunk_size, run_chunks
 from ..kernels.im2col import col2im, im2col
 from .base import (Module, add_grad, check_array, check_dtype, check_grad, float_dtype,
                    from_weight, no_cache_error, out_size, positive_int, uniform_init,
                    window_arg)
+
+
+def shifted_product(stride, P):
+    """Whether a convolution runs as the shifted product (no im2col) rather than im2col
+    and one product per chunk: for stride 1, where each row of the columns is a run of
+    the padded sample, on maps of at least 32 output positions.  On smaller maps the
+    shifted product's rows are short (a 4x4 map: 22 positions a sample, 6 of them
+    padding) and im2col's one product is faster.  Measured inside the ResNet's training
+    step at batch 128 (docs/performance.md, "The ResNet"): its 7x7 convolution (P = 49)
+    took 14 ms shifted and 21 ms by im2col, its 4x4 one (P = 16) 25 and 22 ms."""
+    return stride == (1, 1) and P >= 32
 
 
 class Conv2d(Module):
@@ -124,23 +145,35 @@ class Conv2d(Module):
         K, P = w[0].size, OH * OW                # a column's length C*kh*kw, its count
         x = np.ascontiguousarray(x)
         w2 = w.reshape(F, K)
+        xps = None
         if x.shape[2:] == (kh, kw) and (ph, pw) == (0, 0):
             # the kernel covers the whole input: each sample's one column is the sample
             # itself, and the N products (F, K) @ (K, 1) are one (N, K) @ (K, F).  (P = 1
             # alone is not enough: a stride may leave rows or columns that no window reads)
             y = (x.reshape(N, K) @ w2.T)[:, :, None]                  # (N, F, 1)
+        elif shifted_product((sh, sw), P):
+            # the shifted product on the padded samples: the fused layer's kernel without
+            # its ReLU and pool (docs/layers/fused.md)
+            S = shifted.chunk_size(*x.shape[2:], kh, kw, ph, pw)
+            xps = np.empty(shifted.padded_shape(x.shape, ph, pw, S), x.dtype)
+            y = shifted.conv_forward(x, w2, np.zeros(F, x.dtype), kh, kw, ph, pw, OH, OW,
+                                     S, np.empty((N, F, OH, OW), x.dtype), xps)
+            y = y.reshape(N, F, P)
         else:
             y = np.empty((N, F, P), x.dtype)
 
-            def chunk(i, s):     # a few samples: their columns, then their products
+            def chunk(i, s):     # a few samples: their columns, then one product
+                S = s.stop - s.start
                 cols = im2col(x[s], kh, kw, sh, sw, ph, pw, OH, OW,
-                              np.empty((s.stop - s.start, K, P), x.dtype))  # (S, K, P)
-                np.matmul(w2, cols, out=y[s])     # (F, K) @ (S, K, P) -> (S, F, P)
+                              np.empty((K, S, P), x.dtype))                 # (K, S, P)
+                z = w2 @ cols.reshape(K, S * P)                              # (F, S*P)
+                y[s] = z.reshape(F, S, P).transpose(1, 0, 2)                 # (S, F, P)
             run_chunks(chunk, N, chunk_size(K * P * x.itemsize, N))
         if b is not None:
             y += b[:, None]                       # broadcast over N and P
-        # backward rebuilds the columns from x (Chainer's choice): 9x less to keep
-        self._cache = (x, w, b is not None, self.stride, self.padding) \
+        # backward rebuilds the columns from x (Chainer's choice): 9x less to keep; the
+        # shifted product reads the padded copy xps instead
+        self._cache = (x, xps, w, b is not None, self.stride, self.padding) \
             if self.training else None
         return y.reshape(N, F, OH, OW)
 
@@ -152,7 +185,7 @@ class Conv2d(Module):
         """
         if self._cache is None:
             raise no_cache_error(self)
-        x, w, has_bias, (sh, sw), (ph, pw) = self._cache      # as the forward saw them
+        x, xps, w, has_bias, (sh, sw), (ph, pw) = self._cache   # as the forward saw them
         (N, C, H, W), (F, _, kh, kw) = x.shape, w.shape
         OH, OW = out_size(H, kh, sh, ph), out_size(W, kw, sw, pw)
         K, P = C * kh * kw, OH * OW
@@ -165,18 +198,30 @@ class Conv2d(Module):
         if (H, W) == (kh, kw) and (ph, pw) == (0, 0):    # the columns are the samples
             add_grad(self, "weight", (g[:, :, 0].T @ x.reshape(N, K)).reshape(w.shape))
             return (g[:, :, 0] @ w2).reshape(x.shape) if need_grad_in else None
+        if xps is not None:                              # the shifted product
+            S = shifted.chunk_size(H, W, kh, kw, ph, pw)
+            dw_chunks = np.empty((-(-N // S), F, K), w.dtype)
+            grad_in = np.empty(x.shape if need_grad_in else (0, C, H, W), w.dtype)
+            shifted.conv_backward(xps, np.ascontiguousarray(w2.T), kh, kw, ph, pw, OH, OW,
+                                  S, g.reshape(N, F, OH, OW), dw_chunks, grad_in,
+                                  need_grad_in)
+            add_grad(self, "weight", dw_chunks.sum(axis=0).reshape(w.shape))
+            return grad_in if need_grad_in else None
         S = chunk_size(K * P * x.itemsize, N)
         dw_chunks = np.empty((-(-N // S), F, K), w.dtype)    # dL/dW2 of each chunk
         grad_in = np.empty(x.shape, w.dtype) if need_grad_in else None
 
         def chunk(i, s):
+            n = s.stop - s.start
             cols = im2col(x[s], kh, kw, sh, sw, ph, pw, OH, OW,
-                          np.empty((s.stop - s.start, K, P), x.dtype))      # (S, K, P)
-            # dL/dW2 = sum_n g[n] @ cols[n].T: a product per sample, summed
-            dw_chunks[i] = np.matmul(g[s], cols.transpose(0, 2, 1)).sum(axis=0)  # (F, K)
+                          np.empty((K, n, P), x.dtype)).reshape(K, n * P)   # (K, n*P)
+            gs = np.ascontiguousarray(g[s].transpose(1, 0, 2)).reshape(F, n * P)
+            # dL/dW2 = sum_n g[n] @ U_n.T: one product over the chunk's n*P positions
+            np.matmul(gs, cols.T, out=dw_chunks[i])                          # (F, K)
             if need_grad_in:
-                grad_cols = np.matmul(w2.T, g[s], out=cols)                 # (S, K, P)
-                col2im(grad_cols, kh, kw, sh, sw, ph, pw, OH, OW, grad_in[s])  # (S, C, H, W)
+                grad_cols = np.matmul(w2.T, gs, out=cols)                    # (K, n*P)
+                col2im(grad_cols.reshape(K, n, P), kh, kw, sh, sw, ph, pw, OH, OW,
+                       grad_in[s])                                           # (n, C, H, W)
         run_chunks(chunk, N, S)
         add_grad(self, "weight", dw_chunks.sum(axis=0).reshape(w.shape))   # in chunk order
         return grad_in

@@ -28,17 +28,17 @@ def _run_im2col(x, geom):
     kh, kw, sh, sw, ph, pw = geom
     N, C, H, W = x.shape
     OH, OW = out_size(H, kh, sh, ph), out_size(W, kw, sw, pw)
-    cols = np.full((N, C * kh * kw, OH * OW), np.nan, dtype=x.dtype)  # garbage: all set
+    cols = np.full((C * kh * kw, N, OH * OW), np.nan, dtype=x.dtype)  # garbage: all set
     out = im2col(x, *geom, OH, OW, cols)
     assert out is cols
-    return cols
+    return cols.transpose(1, 0, 2)          # stored (K, N, P); the reference's (N, K, P)
 
 
 def _run_col2im(cols, x_shape, geom):
     kh, kw, sh, sw, ph, pw = geom
     OH, OW = out_size(x_shape[2], kh, sh, ph), out_size(x_shape[3], kw, sw, pw)
     x = np.full(x_shape, np.nan, dtype=cols.dtype)           # garbage: col2im overwrites
-    out = col2im(cols, *geom, OH, OW, x)
+    out = col2im(np.ascontiguousarray(cols.transpose(1, 0, 2)), *geom, OH, OW, x)
     assert out is x
     return x
 

@@ -88,6 +88,49 @@ def test_matches_torch_wide(rng, draw, vs_torch, tol32):
     _assert_conv_matches_torch(layer, x, g, vs_torch, tol32)
 
 
+# -- the roads: im2col and the shifted product (conv.shifted_product picks one) --------------
+def test_the_road_is_chosen_by_stride_and_map_size(rng, draw):
+    """Stride 1 on at least 32 output positions: the shifted product, which keeps the padded
+    copy of the input for backward; a smaller map or another stride: im2col, which keeps
+    nothing but x (its columns are rebuilt)."""
+    cases = [((1, 3, 8, 8), 1, True),             # an 8x8 map: 64 positions
+             ((1, 3, 8, 4), 1, True),             # 8x4: 32, the smallest shifted map
+             ((1, 3, 7, 4), 1, False),            # 7x4: 28
+             ((1, 3, 4, 4), 1, False),            # 4x4: 16 (the ResNet's last stage)
+             ((1, 3, 16, 16), 2, False)]          # stride 2, whatever the size
+    for x_shape, stride, shifted in cases:
+        layer = Conv2d(3, 2, 3, stride=stride, padding=1, rng=rng)
+        layer(draw(x_shape, np.float32))
+        assert (layer._cache[1] is not None) is shifted, (x_shape, stride)
+
+
+@pytest.mark.parametrize("k,p,h,w", [(3, 1, 8, 9), (5, 2, 7, 7), (1, 0, 6, 11), (3, 0, 10, 8)],
+                         ids=["k3_p1_8x9", "k5_p2_7x7", "k1_p0_6x11", "k3_p0_10x8"])
+def test_shifted_product_equals_im2col(k, p, h, w, rng, draw, monkeypatch, tol32):
+    """The same layer, input and gradient through both roads: equal to rounding.  Batch 11
+    is not a multiple of either road's chunk (up to 8 samples side by side for the shifted
+    product), so the last, shorter chunk is covered too."""
+    layer = Conv2d(3, 5, k, padding=p, rng=rng)
+    x = draw((11, 3, h, w), np.float32)
+    g = draw(layer.output_shape(x.shape), np.float32)
+    runs = []
+    for shifted in (True, False):
+        monkeypatch.setattr(npnet.layers.conv, "shifted_product",
+                            lambda stride, P, shifted=shifted: shifted)
+        layer.zero_grad()
+        y = layer(x)
+        assert (layer._cache[1] is not None) is shifted
+        runs.append((y, layer.backward(g), layer.grads["weight"].copy(),
+                     layer.grads["bias"].copy()))
+    wmax, xmax, gmax = (float(np.abs(a).max()) for a in (layer.weight, x, g))
+    K, P = layer.weight[0].size, g.shape[2] * g.shape[3]
+    # two float32 sums of the same terms in different orders, as against torch
+    atols = [tol32(K, wmax * xmax), tol32(5 * k * k, gmax * wmax),
+             tol32(11 * P, gmax * xmax), tol32(11 * P, gmax)]
+    for a, b, atol, name in zip(*runs, atols, ["y", "grad_in", "weight", "bias"]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=atol, err_msg=name)
+
+
 @pytest.mark.parametrize("k,s,h,w", [(2, 2, 3, 3), (2, 2, 2, 3), (3, 3, 4, 5)],
                          ids=["k2_s2_3x3", "k2_s2_2x3", "k3_s3_4x5"])
 def test_one_output_pixel_from_part_of_the_input(k, s, h, w, rng, draw, vs_torch, tol32):
