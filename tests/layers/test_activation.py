@@ -69,6 +69,24 @@ def test_relu_hand_case_and_the_kink(to_torch):
     np.testing.assert_array_equal(grad_in, xt.grad.numpy())
 
 
+def test_relu_gradient_is_zero_where_the_unit_is_off_even_for_inf_and_nan(to_torch):
+    """Where y = 0 the gradient is 0, not grad_out * 0 (which is NaN for inf and NaN):
+    torch's rule; where y > 0 grad_out passes whatever it is.  Non-contiguous arrays too."""
+    x = np.array([[-1.0, -1.0, 2.0, 2.0, 0.0, 5.0]], np.float32)
+    g = np.array([[np.inf, np.nan, np.inf, np.nan, -np.inf, 1.5]], np.float32)
+    layer = ReLU()
+    layer(x)
+    grad_in = layer.backward(g)
+    np.testing.assert_array_equal(grad_in, [[0, 0, np.inf, np.nan, 0, 1.5]])
+    xt = torch.tensor(x, requires_grad=True)
+    torch.relu(xt).backward(torch.from_numpy(g))
+    np.testing.assert_array_equal(grad_in, xt.grad.numpy())
+    x2 = np.asfortranarray(np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4))
+    g2 = np.arange(24, dtype=np.float32).reshape(3, 8)[:, ::2]          # a strided view
+    layer(x2)
+    np.testing.assert_array_equal(layer.backward(g2), g2 * (x2 > 0))
+
+
 def test_tanh_hand_case():
     x = np.array([0.0, np.log(3.0) / 2, -np.log(3.0) / 2])      # tanh = 0, 1/2, -1/2
     layer = Tanh()
