@@ -16,9 +16,9 @@ from numba import njit, prange
 @njit(cache=True, parallel=True, nogil=True)
 def relu_backward(y, grad_out, grad_in):
     """grad_in = grad_out where y > 0, else 0 (also where grad_out is inf or NaN, as
-    torch's threshold_backward).  All three are C-contiguous, of one shape and dtype."""
-    yf, gf, out = y.reshape(y.size), grad_out.reshape(y.size), grad_in.reshape(y.size)
-    zero = out.dtype.type(0)
-    for i in prange(yf.size):
-        out[i] = gf[i] if yf[i] > 0 else zero
+    torch's threshold_backward).  Flat arrays, one length and dtype (one compiled
+    version for every shape)."""
+    zero = grad_in.dtype.type(0)
+    for i in prange(y.shape[0]):
+        grad_in[i] = grad_out[i] if y[i] > 0 else zero
     return grad_in

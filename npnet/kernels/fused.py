@@ -229,6 +229,20 @@ def _offsets(C, kh, kw, Hp, Wp):
     return off
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _chunk(ci, S, N, C, kh, kw, Hp, Wq, OH, OW, off_full, xps):
+    """Chunk ci of a batch of N in chunks of S: its first sample n0, its size Sc (the last
+    chunk may be shorter), its rows' width Wc = Sc*Wq, the L wide positions its product
+    computes, the row offsets (off_full's unless the chunk is shorter) and its padded
+    samples, row ci of xps."""
+    n0 = ci * S
+    Sc = min(S, N - n0)
+    Wc = Sc * Wq
+    L = (OH - 1) * Wc + (Sc - 1) * Wq + OW
+    off = off_full if Sc == S else _offsets(C, kh, kw, Hp, Wc)
+    return n0, Sc, Wc, L, off, xps[ci, :C * Hp * Wc]
+
+
 # -- the 2x2 max-pool of z and its gradient, whole rows at a time -----------------------------
 # Row pair (2*qh, 2*qh + 1) of z holds the windows of output row qh; window (qh, j) of the
 # wide row covers columns 2j and 2j + 1.  The pool is done in two passes, each a loop over
@@ -292,12 +306,7 @@ def conv_relu_pool_forward(x, w2, b, kh, kw, ph, pw, OH, OW, S, y, arg, xps):
     PH, PW = y.shape[2], y.shape[3]
     off_full = _offsets(C, kh, kw, Hp, S * Wq)             # for the chunks of S samples
     for ci in prange((N + S - 1) // S):
-        n0 = ci * S
-        Sc = min(S, N - n0)                                # samples in this chunk
-        Wc = Sc * Wq
-        L = (OH - 1) * Wc + (Sc - 1) * Wq + OW             # the positions computed
-        off = off_full if Sc == S else _offsets(C, kh, kw, Hp, Wc)
-        xp = xps[ci, :C * Hp * Wc]                         # this chunk, padded
+        n0, Sc, Wc, L, off, xp = _chunk(ci, S, N, C, kh, kw, Hp, Wq, OH, OW, off_full, xps)
         xp[:] = 0
         z = np.empty((F, OH * Wc), dtype=x.dtype)          # OH whole rows of Wc
         v = np.empty(PH * Wc, dtype=x.dtype)               # column winners of one filter
@@ -338,12 +347,7 @@ def conv_relu_pool_backward(xps, w2t, kh, kw, ph, pw, OH, OW, S, grad_out, y, ar
     zero = grad_out.dtype.type(0)
     off_full = _offsets(C, kh, kw, Hp, S * Wq)
     for ci in prange((N + S - 1) // S):
-        n0 = ci * S
-        Sc = min(S, N - n0)
-        Wc = Sc * Wq
-        L = (OH - 1) * Wc + (Sc - 1) * Wq + OW
-        off = off_full if Sc == S else _offsets(C, kh, kw, Hp, Wc)
-        xp = xps[ci, :C * Hp * Wc]                         # as the forward padded it
+        n0, Sc, Wc, L, off, xp = _chunk(ci, S, N, C, kh, kw, Hp, Wq, OH, OW, off_full, xps)
         gz = np.zeros((F, L), dtype=y.dtype)               # dL/dz
         # gz: each window's gradient goes to its winner, where the window's max was > 0
         for s in range(Sc):
@@ -380,12 +384,7 @@ def conv_forward(x, w2, b, kh, kw, ph, pw, OH, OW, S, y, xps):
     Hp, Wq = H + 2 * ph, _width(W, pw)
     off_full = _offsets(C, kh, kw, Hp, S * Wq)
     for ci in prange((N + S - 1) // S):
-        n0 = ci * S
-        Sc = min(S, N - n0)
-        Wc = Sc * Wq
-        L = (OH - 1) * Wc + (Sc - 1) * Wq + OW
-        off = off_full if Sc == S else _offsets(C, kh, kw, Hp, Wc)
-        xp = xps[ci, :C * Hp * Wc]
+        n0, Sc, Wc, L, off, xp = _chunk(ci, S, N, C, kh, kw, Hp, Wq, OH, OW, off_full, xps)
         xp[:] = 0
         _pad_chunk(x, n0, Sc, ph, pw, Wq, xp)
         z = np.empty((F, L), dtype=x.dtype)
@@ -411,12 +410,7 @@ def conv_backward(xps, w2t, kh, kw, ph, pw, OH, OW, S, grad_out, dw_c, grad_in,
     Hp, Wq = H + 2 * ph, _width(W, pw)
     off_full = _offsets(C, kh, kw, Hp, S * Wq)
     for ci in prange((N + S - 1) // S):
-        n0 = ci * S
-        Sc = min(S, N - n0)
-        Wc = Sc * Wq
-        L = (OH - 1) * Wc + (Sc - 1) * Wq + OW
-        off = off_full if Sc == S else _offsets(C, kh, kw, Hp, Wc)
-        xp = xps[ci, :C * Hp * Wc]
+        n0, Sc, Wc, L, off, xp = _chunk(ci, S, N, C, kh, kw, Hp, Wq, OH, OW, off_full, xps)
         gz = np.zeros((F, L), dtype=grad_out.dtype)        # dL/dz on the wide positions,
         for s in range(Sc):                                # 0 where no output is
             for f in range(F):

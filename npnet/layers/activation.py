@@ -33,8 +33,10 @@ class ReLU(Layer):
         self._cache = None                 # each forward serves one backward
         # grad_out * (y > 0), in one pass on npnet's threads (npnet/kernels/activation.py);
         # y > 0 exactly where x > 0
-        y, grad_out = np.ascontiguousarray(y), np.ascontiguousarray(grad_out)
-        return relu_backward(y, grad_out, np.empty_like(y))
+        grad_in = np.empty(y.shape, y.dtype)
+        relu_backward(np.ascontiguousarray(y).reshape(-1),
+                      np.ascontiguousarray(grad_out).reshape(-1), grad_in.reshape(-1))
+        return grad_in
 
 
 class Tanh(Layer):
