@@ -1,9 +1,9 @@
 """Work split over the batch: chunks of samples, run at once by npnet's threads.
 
 A convolution's forward (on its im2col road, ``layers/conv.py``) is im2col then a matmul;
-its backward the same columns again, two matmuls and col2im.  Done for the whole batch at once, each step is a
-pass over arrays of tens of MB (conv 3x3 on 16 channels of 28x28, batch 128: 58 MB of
-columns), freshly allocated every step.  Done for a chunk of a few samples, the chunk's
+its backward the same columns again, two matmuls and col2im.  Done for the whole batch at
+once, each step is a pass over arrays of tens of MB (conv 3x3 on 16 channels of 28x28,
+batch 128: 58 MB of columns), freshly allocated every step.  Done for a chunk of a few samples, the chunk's
 columns fit in a core's cache and are used while they are there.
 
 ``run_chunks(fn, N, S)`` calls ``fn(i, samples)`` for the chunks ``samples = slice(i*S,

@@ -198,33 +198,30 @@ class Conv2d(Module):
         if (H, W) == (kh, kw) and (ph, pw) == (0, 0):    # the columns are the samples
             add_grad(self, "weight", (g[:, :, 0].T @ x.reshape(N, K)).reshape(w.shape))
             return (g[:, :, 0] @ w2).reshape(x.shape) if need_grad_in else None
+        # both roads: dL/dW2 of each chunk, summed in chunk order; dL/dx if asked for
+        S = shifted.chunk_size(H, W, kh, kw, ph, pw) if xps is not None \
+            else chunk_size(K * P * x.itemsize, N)
+        dw_chunks = np.empty((-(-N // S), F, K), w.dtype)
+        grad_in = np.empty(x.shape if need_grad_in else (0, C, H, W), w.dtype)
         if xps is not None:                              # the shifted product
-            S = shifted.chunk_size(H, W, kh, kw, ph, pw)
-            dw_chunks = np.empty((-(-N // S), F, K), w.dtype)
-            grad_in = np.empty(x.shape if need_grad_in else (0, C, H, W), w.dtype)
             shifted.conv_backward(xps, np.ascontiguousarray(w2.T), kh, kw, ph, pw, OH, OW,
                                   S, g.reshape(N, F, OH, OW), dw_chunks, grad_in,
                                   need_grad_in)
-            add_grad(self, "weight", dw_chunks.sum(axis=0).reshape(w.shape))
-            return grad_in if need_grad_in else None
-        S = chunk_size(K * P * x.itemsize, N)
-        dw_chunks = np.empty((-(-N // S), F, K), w.dtype)    # dL/dW2 of each chunk
-        grad_in = np.empty(x.shape, w.dtype) if need_grad_in else None
-
-        def chunk(i, s):
-            n = s.stop - s.start
-            cols = im2col(x[s], kh, kw, sh, sw, ph, pw, OH, OW,
-                          np.empty((K, n, P), x.dtype)).reshape(K, n * P)   # (K, n*P)
-            gs = np.ascontiguousarray(g[s].transpose(1, 0, 2)).reshape(F, n * P)
-            # dL/dW2 = sum_n g[n] @ U_n.T: one product over the chunk's n*P positions
-            np.matmul(gs, cols.T, out=dw_chunks[i])                          # (F, K)
-            if need_grad_in:
-                grad_cols = np.matmul(w2.T, gs, out=cols)                    # (K, n*P)
-                col2im(grad_cols.reshape(K, n, P), kh, kw, sh, sw, ph, pw, OH, OW,
-                       grad_in[s])                                           # (n, C, H, W)
-        run_chunks(chunk, N, S)
+        else:
+            def chunk(i, s):
+                n = s.stop - s.start
+                cols = im2col(x[s], kh, kw, sh, sw, ph, pw, OH, OW,
+                              np.empty((K, n, P), x.dtype)).reshape(K, n * P)  # (K, n*P)
+                gs = np.ascontiguousarray(g[s].transpose(1, 0, 2)).reshape(F, n * P)
+                # dL/dW2 = sum_n g[n] @ U_n.T: one product over the chunk's n*P positions
+                np.matmul(gs, cols.T, out=dw_chunks[i])                      # (F, K)
+                if need_grad_in:
+                    grad_cols = np.matmul(w2.T, gs, out=cols)                # (K, n*P)
+                    col2im(grad_cols.reshape(K, n, P), kh, kw, sh, sw, ph, pw, OH, OW,
+                           grad_in[s])                                       # (n, C, H, W)
+            run_chunks(chunk, N, S)
         add_grad(self, "weight", dw_chunks.sum(axis=0).reshape(w.shape))   # in chunk order
-        return grad_in
+        return grad_in if need_grad_in else None
 
     def extra_repr(self):
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
