@@ -286,10 +286,35 @@ def _pool_pairs(v, iv, yw, aw):
         aw[j] = ib if right else ia
 
 
+@njit(cache=True, nogil=True)
+def _pool_columns_max(zf, Wc, PH, v):
+    """``_pool_columns`` without the winners: v only (eval mode, where no backward reads
+    them).  The same rule, so the same values."""
+    for qh in range(PH):
+        top = zf[2 * qh * Wc:(2 * qh + 1) * Wc]
+        low = zf[(2 * qh + 1) * Wc:(2 * qh + 2) * Wc]
+        vr = v[qh * Wc:(qh + 1) * Wc]
+        for p in range(Wc):
+            vr[p] = low[p] if _beats(low[p], top[p]) else top[p]
+
+
+@njit(cache=True, nogil=True)
+def _pool_pairs_max(v, yw):
+    """``_pool_pairs`` without the winners.  Where two values tie they are equal (or both
+    NaN, or +0 and -0, which the ReLU makes +0 alike), so whichever is kept, yw is the
+    same bit for bit."""
+    zero = yw.dtype.type(0)
+    for j in range(yw.shape[0]):
+        a, b = v[2 * j], v[2 * j + 1]
+        best = b if _beats(b, a) else a
+        yw[j] = best if ((best > 0) | (best != best)) else zero
+
+
 # -- the batch kernels ---------------------------------------------------------------------
 @njit(cache=True, parallel=True, nogil=True)
 def conv_relu_pool_forward(x, w2, b, kh, kw, ph, pw, OH, OW, S, y, arg, xps):
-    """x (N, C, H, W), w2 (F, K), b (F,) -> y (N, F, OH//2, OW//2) and arg int8 (same shape).
+    """x (N, C, H, W), w2 (F, K), b (F,) -> y (N, F, OH//2, OW//2) and arg int8 (same shape,
+    or (0, F, OH//2, OW//2) when no backward will read it, in eval mode: then only y).
 
     Convolution with stride 1 and zero padding (ph, pw), bias, ReLU, then a 2x2 max-pool
     of stride 2 (floor mode).  (OH, OW) is the convolution's output size, from the
@@ -318,13 +343,18 @@ def conv_relu_pool_forward(x, w2, b, kh, kw, ph, pw, OH, OW, S, y, arg, xps):
             z[f, :] = b[f]
         _gemm_shift(w2, xp, off, L, z)                     # (F, K) @ (K, L)
         for f in range(F):
-            _pool_columns(z[f], Wc, PH, v, iv)
-            _pool_pairs(v, iv, yw, aw)
+            if arg.shape[0] > 0:                           # training: the winners too
+                _pool_columns(z[f], Wc, PH, v, iv)
+                _pool_pairs(v, iv, yw, aw)
+            else:                                          # (one flag test per filter,
+                _pool_columns_max(z[f], Wc, PH, v)         # outside the loops that
+                _pool_pairs_max(v, yw)                     # must vectorise)
             for s in range(Sc):                            # keep each sample's windows
                 for qh in range(PH):
                     j = qh * (Wc // 2) + s * (Wq // 2)
                     y[n0 + s, f, qh, :] = yw[j:j + PW]
-                    arg[n0 + s, f, qh, :] = aw[j:j + PW]
+                    if arg.shape[0] > 0:
+                        arg[n0 + s, f, qh, :] = aw[j:j + PW]
     return y, arg
 
 

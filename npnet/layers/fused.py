@@ -98,7 +98,8 @@ class ConvReLUMaxPool2d(Module):
         if not has_bias:
             b = np.zeros(F, dtype=w.dtype)
         y = np.empty((N, F, PH, PW), dtype=x.dtype)
-        arg = np.empty((N, F, PH, PW), dtype=np.int8)         # winner 2*i + j of each window
+        # the winner 2*i + j of each window, for backward: none in eval mode
+        arg = np.empty((N if self.training else 0, F, PH, PW), dtype=np.int8)
         S = chunk_size(x.shape[2], x.shape[3], kh, kw, ph, pw)    # samples per task
         xps = np.empty(padded_shape(x.shape, ph, pw, S), dtype=x.dtype)  # x, padded
         conv_relu_pool_forward(x, w2, b, kh, kw, ph, pw, OH, OW, S, y, arg, xps)

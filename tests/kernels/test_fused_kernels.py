@@ -32,11 +32,12 @@ def _draw(rng, N, C, F, H, W, kh, kw, ph, pw):
 CHUNKS = [1, 2, 3]     # samples per task (the last chunk may be shorter)
 
 
-def _forward(x, weight, bias, ph, pw, S=1):
+def _forward(x, weight, bias, ph, pw, S=1, winners=True):
+    """The forward kernel; ``winners=False`` passes arg with no rows (eval mode)."""
     N, (F, _, kh, kw) = x.shape[0], weight.shape
     OH, OW = x.shape[2] + 2 * ph - kh + 1, x.shape[3] + 2 * pw - kw + 1
     y = np.full((N, F, OH // 2, OW // 2), np.nan, dtype=np.float32)
-    arg = np.full(y.shape, -1, dtype=np.int8)
+    arg = np.full(y.shape if winners else (0, *y.shape[1:]), -1, dtype=np.int8)
     xps = np.full(padded_shape(x.shape, ph, pw, S), np.nan, dtype=np.float32)  # all set
     conv_relu_pool_forward(x, weight.reshape(F, -1), bias, kh, kw, ph, pw, OH, OW, S, y, arg,
                            xps)
@@ -116,6 +117,28 @@ def test_ties_go_to_the_first_maximum_and_nan_wins():
     y_ref, arg_ref = conv_relu_pool_forward_ref(x, weight, np.zeros(1, np.float32), 0, 0)
     np.testing.assert_array_equal(y, y_ref)
     np.testing.assert_array_equal(arg[y_ref > 0], arg_ref[y_ref > 0])
+
+
+@pytest.mark.parametrize("geom", GEOMETRIES.values(), ids=GEOMETRIES.keys())
+@pytest.mark.parametrize("S", CHUNKS, ids=[f"S{s}" for s in CHUNKS])
+def test_without_the_winners_the_output_is_the_same_bit_for_bit(geom, S):
+    """Eval mode passes arg with no rows: the pool then keeps only the values (its own
+    two passes, ``_pool_columns_max`` and ``_pool_pairs_max``), which must be exactly
+    those of the training forward, here on inputs made of ties, zeros of both signs and
+    NaNs: a few small integers, so that windows tie often."""
+    rng = np.random.default_rng(4)
+    x, weight, bias = _draw(rng, *geom)
+    x = rng.integers(-2, 3, x.shape).astype(np.float32)
+    x[0, 0, 0, 0] = x[0, -1, -1, -1] = np.nan      # two pixels: most windows stay finite
+    x[x == 0] = np.where(rng.random(int((x == 0).sum())) < 0.5, -0.0, 0.0)
+    weight = np.round(weight * 2)                  # integer sums: exact, and ties
+    ph, pw = geom[7], geom[8]
+    y, arg, xps = _forward(x, weight, bias * 0, ph, pw, S)
+    y_eval, arg_eval, xps_eval = _forward(x, weight, bias * 0, ph, pw, S, winners=False)
+    assert arg_eval.shape[0] == 0
+    assert np.isnan(y).any() and (y == 0).any() and (y > 0).any()
+    np.testing.assert_array_equal(y_eval.view(np.int32), y.view(np.int32))   # bits
+    np.testing.assert_array_equal(xps_eval, xps)
 
 
 def test_chunk_size():
