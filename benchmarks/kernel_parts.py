@@ -7,7 +7,8 @@ two ``ConvReLUMaxPool2d`` layers pass to ``conv_relu_pool_forward`` and
 ``conv_relu_pool_backward``, and times, on one core (Numba and OpenBLAS at one thread),
 per sample:
 
-* **the whole kernel**, as the layer calls it;
+* **the whole kernel**, as the layer calls it in training, and the forward kernel as it
+  is called in eval mode (no winner indices: ``arg`` with no rows);
 * **its products**: the blocked products the kernel runs for each chunk of S samples
   (npnet/kernels/fused.py: ``_gemm_shift`` forward; ``_gemm_nt_shift`` for dL/dW and
   ``_gemm_tn_shift_acc``, the product for dL/dx with its scatter-add, backward), called
@@ -130,6 +131,8 @@ def _parts(ops, reps):
     Sc, L, off, xp, cols, gz = (ops[k] for k in ("Sc", "L", "off", "xp", "cols", "gz"))
     N, F = x.shape[0], w2.shape[0]
     n_chunks = -(-N // S)
+    arg = ops["fwd_args"][11]                      # eval mode: no winners, arg has no rows
+    eval_args = ops["fwd_args"][:11] + (arg[:0],) + ops["fwd_args"][12:]
     cols_all = np.tile(cols, (1, n_chunks))                  # every chunk's, side by side
     gz_all = np.tile(gz, (1, n_chunks))
     z = np.zeros((F, L), dtype=x.dtype)
@@ -168,6 +171,7 @@ def _parts(ops, reps):
 
     return {
         ("forward", "whole"): (lambda: K.conv_relu_pool_forward(*ops["fwd_args"]), 0, N),
+        ("forward", "eval"): (lambda: K.conv_relu_pool_forward(*eval_args), 0, N),
         ("forward", "ours"): (lambda: _forward_products(reps, w2, xp, off, L, z),
                               flop * reps, Sc * reps),
         ("forward", "blas"): (blas_f, flop * reps, Sc * reps),
@@ -227,19 +231,22 @@ def main(argv=None):
                     us[key[:2]], gf[key[:2]] = us[key], gf[key]
             for d in ("forward", "backward"):
                 what = "" if d == "forward" else (" (dW, dx)" if need_grad_in else " (dW)")
-                rows.append((f"conv{i + 1} {d}{what}", us[(d, "whole")], us[(d, "ours")],
+                rows.append((f"conv{i + 1} {d}{what}", us[(d, "whole")], us.get((d, "eval")),
+                             us[(d, "ours")],
                              gf[(d, "ours")], us[(d, "blas")], gf[(d, "blas")],
                              us[(d, "blas_all")], gf[(d, "blas_all")]))
     print(f"LeNet-5, batch {args.batch}, one core (Numba and OpenBLAS at 1 thread): "
           f"us per sample, medians of {args.rounds} rounds taken in turns")
-    print(f"{'':<24}{'whole':>8}{'its products':>18}{'OpenBLAS, per chunk':>21}"
+    print(f"{'':<24}{'whole':>8}{'eval':>7}{'its products':>18}{'OpenBLAS, per chunk':>21}"
           f"{'OpenBLAS, one call':>21}{'the rest':>15}")
-    for name, whole, ours, g1, blas, g2, blas_all, g3 in rows:
+    for name, whole, ev, ours, g1, blas, g2, blas_all, g3 in rows:
         rest = whole - ours
-        print(f"{name:<24}{whole:>8.2f}{ours:>9.2f} ({g1:>4.0f} GF/s){blas:>9.2f} "
+        ev = f"{ev:>7.2f}" if ev is not None else f"{'':>7}"
+        print(f"{name:<24}{whole:>8.2f}{ev}{ours:>9.2f} ({g1:>4.0f} GF/s){blas:>9.2f} "
               f"({g2:>4.0f} GF/s){blas_all:>9.2f} ({g3:>4.0f} GF/s){rest:>8.2f} "
               f"({rest / whole:.0%})")
-    print("GF/s: GFLOP/s on one core, of the products' arithmetic on the wide positions.  "
+    print("eval: the forward kernel as eval mode calls it, without the winners.  "
+          "GF/s: GFLOP/s on one core, of the products' arithmetic on the wide positions.  "
           "OpenBLAS per chunk: the same products one by one; one call: all the batch's "
           "chunks' columns side by side, in one product; each the faster of C = A B and "
           "C.T = B.T A.T")

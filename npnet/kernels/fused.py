@@ -470,12 +470,16 @@ def padded_shape(x_shape, ph, pw, S):
     return (-(-N // S), C * (H + 2 * ph) * S * padded_width(W, pw))
 
 
-def chunk_size(H, W, kh, kw, ph, pw, target=600):
+def chunk_size(H, W, kh, kw, ph, pw, target=1800):
     """Samples per task: as many side by side (1 to 8) as keep a matmul row within
-    ``target`` positions (conv2's rows of 136 go 4 to a task: 556).
+    ``target`` positions (conv1's rows of 892 go 2 to a task, conv2's of 136 go 8).
 
-    Long rows keep the vectorised loops efficient (LeNet-5: conv1 1, conv2 4).  Results
-    depend on it (it sets which partial sums are formed) but not on the thread count.
+    Long rows keep the vectorised loops efficient and spread each task's fixed costs
+    over more samples.  The target was measured with the kernels timed in turns at
+    several S (docs/performance.md): from 600 (conv1 1, conv2 4) to 1800, conv1's forward
+    became 10% faster, conv2's forward and backward 7-9%, the ResNet's 14x14 convolutions
+    (2 -> 8) 7-10%; 8 is the cap because 12 and 16 were no faster.  Results depend on S
+    (it sets which partial sums are formed) but not on the thread count.
     """
     Wq = padded_width(W, pw)
     L = (out_size(H, kh, 1, ph) - 1) * Wq + out_size(W, kw, 1, pw)   # a row's length

@@ -142,9 +142,10 @@ def test_without_the_winners_the_output_is_the_same_bit_for_bit(geom, S):
 
 
 def test_chunk_size():
-    assert chunk_size(28, 28, 5, 5, 2, 2) == 1          # LeNet-5 conv1: rows of 892
-    assert chunk_size(14, 14, 5, 5, 0, 0) == 4          # conv2: rows of 136 -> 4 samples
+    assert chunk_size(28, 28, 5, 5, 2, 2) == 2          # LeNet-5 conv1: rows of 892
+    assert chunk_size(14, 14, 5, 5, 0, 0) == 8          # conv2: rows of 136 -> 13, capped
     assert chunk_size(3, 3, 3, 3, 0, 0) == 8            # capped
+    assert chunk_size(60, 60, 3, 3, 1, 1) == 1          # rows of 3,538: one sample
 
 
 def test_results_do_not_depend_on_the_thread_count():

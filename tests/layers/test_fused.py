@@ -34,9 +34,9 @@ PAIR_IDS = ["k3x5_p2x0", "k1x3_p0x1", "k5x2_p1x2", "k2x4_p1x0"]
 
 # several samples per task (chunk_size): chunks of S side by side, the last one shorter
 # (N, C, F, H, W, k, p)
-CHUNKED = {"lenet_conv1_n3": (3, 1, 6, 28, 28, 5, 2),      # S = 1
-           "lenet_conv2_n9": (9, 6, 16, 14, 14, 5, 0),     # S = 4: chunks of 4, 4, 1
-           "small_maps_n11": (11, 2, 3, 7, 9, 3, 1)}       # S = 7: chunks of 7, 4
+CHUNKED = {"lenet_conv1_n3": (3, 1, 6, 28, 28, 5, 2),      # S = 2: chunks of 2, 1
+           "lenet_conv2_n9": (9, 6, 16, 14, 14, 5, 0),     # S = 8: chunks of 8, 1
+           "small_maps_n11": (11, 2, 3, 7, 9, 3, 1)}       # S = 8: chunks of 8, 3
 
 BIAS = [True, False]
 BIAS_IDS = ["bias", "nobias"]
@@ -145,11 +145,11 @@ def test_gradcheck_pairs(k, p, bias, rng, draw):
 
 
 def test_gradcheck_several_chunks(rng, draw):
-    """N = 11 samples in chunks of 7 and 4 (rows of 81 = 6 * 12 + 9 positions, the padded
+    """N = 11 samples in chunks of 8 and 3 (rows of 81 = 6 * 12 + 9 positions, the padded
     width 11 taken as 12): the chunk boundaries change no derivative."""
     layer = _fused(2, 3, 3, 1, dtype=np.float64, rng=rng)
     x = draw((11, 2, 7, 9))
-    assert chunk_size(7, 9, 3, 3, 1, 1) == 7
+    assert chunk_size(7, 9, 3, 3, 1, 1) == 8
     report = npnet.gradcheck(layer, x, mode="full", rng=rng)
     assert all(r.passed for r in report), "\n".join(map(str, report))
 
