@@ -28,11 +28,13 @@ What the tape refuses, rather than give a wrong gradient:
 """
 from __future__ import annotations
 
+import gc
 import threading
 import weakref
 
 import numpy as np
 
+from .kernels import compiles
 from .tensor import Deferred, Tensor, realize
 
 __all__ = ["Tape", "Call", "tape_of", "CONST"]
@@ -265,10 +267,11 @@ _RULES = None
 class _Forward:
     """The state of one top-level forward: its tape (None in eval mode) and the values
     whose computation was deferred (npnet/fusion.py)."""
-    __slots__ = ("tape", "deferred", "rules")
+    __slots__ = ("tape", "deferred", "rules", "compiles")
 
     def __init__(self, tape):
         self.tape, self.deferred, self.rules = tape, [], _rules()
+        self.compiles = compiles()         # Numba's count when the forward began
 
     def layer(self, module, args, kwargs):
         """A layer called inside the forward (Module.__call__)."""
@@ -367,6 +370,13 @@ class _Forward:
         """End of the top-level forward: compute what is still deferred, hand the outputs
         back writable, and note where each came from (backward starts there)."""
         out = _map(realize, out)
+        if compiles() != self.compiles and any(
+                (d := ref()) is not None and not d.computed for ref in self.deferred):
+            # Numba compiled during this forward: the frames its caught errors hold keep
+            # the values that ran fused alive, in cycles; collect them, so that only what
+            # the caller kept is still alive below (once per compiling forward: ~50 ms)
+            d = None
+            gc.collect()
         for ref in self.deferred:
             d = ref()
             if d is not None and not d.computed:

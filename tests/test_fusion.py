@@ -323,3 +323,60 @@ def test_training_is_deterministic_and_independent_of_threads():
     a, b = train(2, lambda r: npnet.lenet5(rng=r)), train(2, _seed)
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_values_pinned_by_a_compiles_garbage_are_not_computed_again(monkeypatch):
+    """A Numba compile inside a forward leaves reference cycles behind (the typing errors
+    it caught hold the frames that were running, npnet's among them), and they keep alive
+    the deferred conv and ReLU outputs that ran fused.  The end of the forward must not
+    take those for values the caller kept, and run the convolutions a second time."""
+    import gc
+
+    import numba
+    from npnet.layers import fused as fused_layer
+    kernel = fused_layer.conv_relu_pool_forward
+
+    def compiling_kernel(*a):
+        numba.njit(lambda v: v + 1)(1)              # a compile inside this forward
+        try:
+            raise ValueError("caught, as Numba's typing catches its own")
+        except ValueError as e:
+            garbage = [e]                           # a cycle through this frame, whose
+            garbage.append(garbage)                 # callers are npnet's
+        return kernel(*a)
+
+    monkeypatch.setattr(fused_layer, "conv_relu_pool_forward", compiling_kernel)
+    model = npnet.lenet5(rng=np.random.default_rng(0))
+    x = np.random.default_rng(1).standard_normal((2, 1, 28, 28)).astype(np.float32)
+    gc.disable()                                    # the cycles outlive the forward
+    try:
+        model(x)
+    finally:
+        gc.enable()
+    names = [type(c.module).__name__ for c in npnet.autograd.tape_of(model).calls]
+    assert names == ["ConvReLUMaxPool2d", "ConvReLUMaxPool2d", "Conv2d", "ReLU", "Flatten",
+                     "Linear", "ReLU", "Linear"]
+
+
+def test_a_deferred_value_the_forward_keeps_is_computed_at_its_end(rng):
+    """What a forward keeps (here on the model) is computed before the forward returns,
+    from the weights and input it was called with, even if fusion used it and no call
+    read it."""
+    class Keeps(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.relu, self.pool = nn.Conv2d(1, 2, 3), nn.ReLU(), nn.MaxPool2d(2)
+
+        def forward(self, x):
+            h = self.conv(x)
+            self.kept = h                           # never read inside the forward
+            return self.pool(self.relu(h))
+
+    model = Keeps()
+    x = rng.standard_normal((2, 1, 8, 8)).astype(np.float32)
+    model(x)
+    assert len(fused_calls(model)) == 1
+    assert model.kept.computed
+    want = np.asarray(model.conv(x))                # the conv on its own, same weights
+    model.conv.weight[...] += 1                     # later changes do not reach it
+    np.testing.assert_array_equal(np.asarray(model.kept), want)
