@@ -371,11 +371,10 @@ class _Forward:
         back writable, and note where each came from (backward starts there)."""
         out = _map(realize, out)
         if compiles() != self.compiles and any(
-                (d := ref()) is not None and not d.computed for ref in self.deferred):
+                ref() is not None and not ref().computed for ref in self.deferred):
             # Numba compiled during this forward: the frames its caught errors hold keep
             # the values that ran fused alive, in cycles; collect them, so that only what
             # the caller kept is still alive below (once per compiling forward: ~50 ms)
-            d = None
             gc.collect()
         for ref in self.deferred:
             d = ref()

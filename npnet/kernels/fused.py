@@ -330,6 +330,7 @@ def conv_relu_pool_forward(x, w2, b, kh, kw, ph, pw, OH, OW, S, y, arg, xps):
     Hp, Wq = H + 2 * ph, _width(W, pw)
     PH, PW = y.shape[2], y.shape[3]
     off_full = _offsets(C, kh, kw, Hp, S * Wq)             # for the chunks of S samples
+    winners = arg.shape[0] > 0                             # training: backward reads them
     for ci in prange((N + S - 1) // S):
         n0, Sc, Wc, L, off, xp = _chunk(ci, S, N, C, kh, kw, Hp, Wq, OH, OW, off_full, xps)
         xp[:] = 0
@@ -343,17 +344,17 @@ def conv_relu_pool_forward(x, w2, b, kh, kw, ph, pw, OH, OW, S, y, arg, xps):
             z[f, :] = b[f]
         _gemm_shift(w2, xp, off, L, z)                     # (F, K) @ (K, L)
         for f in range(F):
-            if arg.shape[0] > 0:                           # training: the winners too
-                _pool_columns(z[f], Wc, PH, v, iv)
-                _pool_pairs(v, iv, yw, aw)
-            else:                                          # (one flag test per filter,
-                _pool_columns_max(z[f], Wc, PH, v)         # outside the loops that
-                _pool_pairs_max(v, yw)                     # must vectorise)
+            if winners:                                    # (tested outside the pool's
+                _pool_columns(z[f], Wc, PH, v, iv)         # loops, which must vectorise:
+                _pool_pairs(v, iv, yw, aw)                 # each variant is its own pair
+            else:                                          # of passes)
+                _pool_columns_max(z[f], Wc, PH, v)
+                _pool_pairs_max(v, yw)
             for s in range(Sc):                            # keep each sample's windows
                 for qh in range(PH):
                     j = qh * (Wc // 2) + s * (Wq // 2)
                     y[n0 + s, f, qh, :] = yw[j:j + PW]
-                    if arg.shape[0] > 0:
+                    if winners:
                         arg[n0 + s, f, qh, :] = aw[j:j + PW]
     return y, arg
 
