@@ -48,23 +48,36 @@ _FM = {"contract", "reassoc"}
 
 
 # -- per-sample helpers (serial; called inside the prange loops) -----------------------------
+@njit(cache=True, nogil=True, inline="always")
+def _copy(src, s0, dst, d0, n):
+    """dst[d0 : d0 + n] = src[s0 : s0 + n], for flat arrays.
+
+    The indices are unsigned on purpose.  Numba lets a signed index count from the end
+    when it is negative, so ``dst[d0 + i]`` carries a test that LLVM cannot remove and
+    the loop stays scalar; a slice assignment instead makes two array views, about 40 ns.
+    With unsigned indices the loop is vectorised: a row of 14 copies 2.3x faster.
+    """
+    a, b = np.uint64(s0), np.uint64(d0)
+    for i in range(np.uint64(n)):
+        dst[b + i] = src[a + i]
+
+
 @njit(cache=True, nogil=True)
 def _pad_chunk(x, n0, S, ph, pw, Wq, xp):
     """Flat xp (C, Hp, S*Wq) <- samples n0..n0+S-1 side by side, each zero-padded.
 
-    Wq >= W + 2*pw is the width a padded sample takes (``padded_width``).  The border
-    (and the gaps between samples) must already be zero.
+    x must be C-contiguous.  Wq >= W + 2*pw is the width a padded sample takes
+    (``padded_width``).  The border (and the gaps between samples) must already be zero.
     """
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
     Hp = H + 2 * ph
     Wc = S * Wq
+    xf = x.reshape(x.size)
     for s in range(S):
         for c in range(C):
             for h in range(H):
-                src = x[n0 + s, c, h]
-                base = (c * Hp + h + ph) * Wc + s * Wq + pw
-                for w in range(W):
-                    xp[base + w] = src[w]
+                _copy(xf, (((n0 + s) * C + c) * H + h) * W,
+                      xp, (c * Hp + h + ph) * Wc + s * Wq + pw, W)
 
 
 @njit(cache=True, nogil=True, fastmath=_FM)
@@ -209,13 +222,12 @@ def _grad_input(w2t, gz, off, L, ph, pw, Hp, Wq, n0, Sc, grad_in):
     dxp = np.zeros(C * Hp * Wc, dtype=gz.dtype)            # dL/dxp
     block = np.empty((4, L), dtype=gz.dtype)
     _gemm_tn_shift_acc(w2t, gz, off, L, block, dxp)        # (K, F) @ (F, L), added at off
+    gf = grad_in.reshape(grad_in.size)
     for s in range(Sc):
         for c in range(C):
             for h in range(H):
-                base = (c * Hp + h + ph) * Wc + s * Wq + pw
-                dst = grad_in[n0 + s, c, h]
-                for w in range(W):
-                    dst[w] = dxp[base + w]
+                _copy(dxp, (c * Hp + h + ph) * Wc + s * Wq + pw,
+                      gf, (((n0 + s) * C + c) * H + h) * W, W)
 
 
 @njit(cache=True, nogil=True)
@@ -331,6 +343,7 @@ def conv_relu_pool_forward(x, w2, b, kh, kw, ph, pw, OH, OW, S, y, arg, xps):
     PH, PW = y.shape[2], y.shape[3]
     off_full = _offsets(C, kh, kw, Hp, S * Wq)             # for the chunks of S samples
     winners = arg.shape[0] > 0                             # training: backward reads them
+    yf, af = y.reshape(y.size), arg.reshape(arg.size)      # flat views, for _copy
     for ci in prange((N + S - 1) // S):
         n0, Sc, Wc, L, off, xp = _chunk(ci, S, N, C, kh, kw, Hp, Wq, OH, OW, off_full, xps)
         xp[:] = 0
@@ -353,9 +366,10 @@ def conv_relu_pool_forward(x, w2, b, kh, kw, ph, pw, OH, OW, S, y, arg, xps):
             for s in range(Sc):                            # keep each sample's windows
                 for qh in range(PH):
                     j = qh * (Wc // 2) + s * (Wq // 2)
-                    y[n0 + s, f, qh, :] = yw[j:j + PW]
+                    d = (((n0 + s) * F + f) * PH + qh) * PW    # y[n0 + s, f, qh, 0]
+                    _copy(yw, j, yf, d, PW)
                     if winners:
-                        arg[n0 + s, f, qh, :] = aw[j:j + PW]
+                        _copy(aw, j, af, d, PW)
     return y, arg
 
 
@@ -414,6 +428,7 @@ def conv_forward(x, w2, b, kh, kw, ph, pw, OH, OW, S, y, xps):
     F = w2.shape[0]
     Hp, Wq = H + 2 * ph, _width(W, pw)
     off_full = _offsets(C, kh, kw, Hp, S * Wq)
+    yf = y.reshape(y.size)                                 # flat, for _copy
     for ci in prange((N + S - 1) // S):
         n0, Sc, Wc, L, off, xp = _chunk(ci, S, N, C, kh, kw, Hp, Wq, OH, OW, off_full, xps)
         xp[:] = 0
@@ -422,11 +437,12 @@ def conv_forward(x, w2, b, kh, kw, ph, pw, OH, OW, S, y, xps):
         for f in range(F):
             z[f, :] = b[f]
         _gemm_shift(w2, xp, off, L, z)                     # (F, K) @ (K, L)
+        zf = z.reshape(z.size)
         for s in range(Sc):                                # the wide rows' real outputs
             for f in range(F):
                 for oh in range(OH):
-                    j = oh * Wc + s * Wq
-                    y[n0 + s, f, oh, :] = z[f, j:j + OW]
+                    _copy(zf, f * L + oh * Wc + s * Wq, yf, (((n0 + s) * F + f) * OH + oh) * OW,
+                          OW)
     return y
 
 
@@ -440,14 +456,16 @@ def conv_backward(xps, w2t, kh, kw, ph, pw, OH, OW, S, grad_out, dw_c, grad_in,
     C, H, W = grad_in.shape[1], grad_in.shape[2], grad_in.shape[3]
     Hp, Wq = H + 2 * ph, _width(W, pw)
     off_full = _offsets(C, kh, kw, Hp, S * Wq)
+    gf = grad_out.reshape(grad_out.size)                   # flat, for _copy
     for ci in prange((N + S - 1) // S):
         n0, Sc, Wc, L, off, xp = _chunk(ci, S, N, C, kh, kw, Hp, Wq, OH, OW, off_full, xps)
         gz = np.zeros((F, L), dtype=grad_out.dtype)        # dL/dz on the wide positions,
-        for s in range(Sc):                                # 0 where no output is
+        gzf = gz.reshape(gz.size)                          # 0 where no output is
+        for s in range(Sc):
             for f in range(F):
                 for oh in range(OH):
-                    j = oh * Wc + s * Wq
-                    gz[f, j:j + OW] = grad_out[n0 + s, f, oh, :]
+                    _copy(gf, (((n0 + s) * F + f) * OH + oh) * OW, gzf, f * L + oh * Wc + s * Wq,
+                          OW)
         _gemm_nt_shift(gz, xp, off, L, dw_c[ci])           # (F, L) @ (L, K) -> (F, K)
         if need_grad_in:
             _grad_input(w2t, gz, off, L, ph, pw, Hp, Wq, n0, Sc, grad_in)
