@@ -11,8 +11,8 @@ so all three see the same load):
 * **the layers by hand**: each call of the model's last training forward (as its tape
   lists them: a fused conv -> ReLU -> pool is one call) made by calling that layer's
   ``forward`` directly, in the tape's order, on one image in eval mode;
-* **the fused kernels alone**: ``conv_relu_pool_forward`` called with the arguments the
-  layers pass it for that image (caught on one call).
+* **the fused kernels alone**: the kernel the layers call for that image (one chunk:
+  ``conv_relu_pool_forward_serial``) with the arguments they pass it (caught on one call).
 
 The model call minus the layers by hand is what npnet adds around the layers (the module
 call, the fusion rules and their deferred values, the output's bookkeeping); the layers by
@@ -61,23 +61,26 @@ def main(argv=None):
     if not np.array_equal(h, model(x)):
         raise RuntimeError("the layers by hand do not compute the model's output")
 
-    caught = []                                     # the fused kernel's arguments
-    kernel = fused.conv_relu_pool_forward
-    fused.conv_relu_pool_forward = lambda *a: caught.append(a) or kernel(*a)
+    caught = []                                     # (kernel, its arguments)
+    names = ("conv_relu_pool_forward", "conv_relu_pool_forward_serial")  # one image: serial
+    kernels_of = {name: getattr(fused, name) for name in names}
+    for name, k in kernels_of.items():
+        setattr(fused, name, lambda *a, k=k: caught.append((k, a)) or k(*a))
     try:
         for layer, a in zip(calls, inputs):
             if isinstance(layer, npnet.ConvReLUMaxPool2d):
                 layer.forward(a)
     finally:
-        fused.conv_relu_pool_forward = kernel
+        for name, k in kernels_of.items():
+            setattr(fused, name, k)
 
     def by_hand():
         for layer, a in zip(calls, inputs):
             layer.forward(a)
 
     def kernels():
-        for a in caught:
-            kernel(*a)
+        for k, a in caught:
+            k(*a)
 
     parts = {"model call": lambda: model(x), "layers by hand": by_hand,
              "fused kernels alone": kernels}

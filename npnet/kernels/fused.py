@@ -39,6 +39,8 @@ Reference implementations: ``reference.py`` (conv_relu_pool_forward_ref, ...).
 """
 from __future__ import annotations
 
+import types
+
 import numpy as np
 from numba import njit, prange
 
@@ -472,6 +474,41 @@ def conv_backward(xps, w2t, kh, kw, ph, pw, OH, OW, S, grad_out, dw_c, grad_in,
     return dw_c, grad_in
 
 
+# -- one task, one thread: the same four kernels without the thread pool ---------------------
+def _serial(kernel):
+    """``kernel`` compiled again without ``parallel=True``: its ``prange`` is a plain loop,
+    run on the calling thread, and nothing else changes.
+
+    A parallel kernel starts every thread of Numba's pool and returns when all of them
+    are done, even those that have no chunk.  A worker that has gone to sleep waits for
+    the operating system to run it again: with another training job on the machine, a
+    one-image forward (one chunk) one millisecond after the last took 3-4 ms (90th
+    percentile 16 ms) instead of 0.4 (docs/performance.md).  Without the pool the
+    kernel is also about 3 us faster.  The twin is a copy of the function under another
+    name, so that Numba's cache (keyed by the function's name and line) keeps the two
+    compilations apart.
+    """
+    f = kernel.py_func
+    twin = types.FunctionType(f.__code__, f.__globals__, f.__name__ + "_serial",
+                              f.__defaults__, f.__closure__)
+    twin.__qualname__ = twin.__name__
+    twin.__doc__ = f"{f.__name__} on the calling thread alone (``_serial``)."
+    return njit(cache=True, nogil=True, fastmath=kernel.targetoptions.get("fastmath", False))(
+        twin)
+
+
+conv_relu_pool_forward_serial = _serial(conv_relu_pool_forward)
+conv_relu_pool_backward_serial = _serial(conv_relu_pool_backward)
+conv_forward_serial = _serial(conv_forward)
+conv_backward_serial = _serial(conv_backward)
+
+
+def tasks(N, S):
+    """The number of chunks of S samples, the kernels' tasks, in a batch of N: the layers
+    call a kernel's ``_serial`` twin when it is 1."""
+    return -(-N // S)
+
+
 def padded_width(W, pw):
     """The width a padded sample takes in a chunk: W + 2*pw rounded up to even, so that
     every sample's 2x2 windows start at an even column of the chunk's rows."""
@@ -486,7 +523,7 @@ def padded_shape(x_shape, ph, pw, S):
     """The shape of ``xps`` for an input of ``x_shape``: one row per chunk of S samples,
     holding the chunk's C padded planes of (H + 2*ph) rows of S padded samples each."""
     N, C, H, W = x_shape
-    return (-(-N // S), C * (H + 2 * ph) * S * padded_width(W, pw))
+    return (tasks(N, S), C * (H + 2 * ph) * S * padded_width(W, pw))
 
 
 def chunk_size(H, W, kh, kw, ph, pw, target=1800):

@@ -13,7 +13,10 @@ repeat the exact types the layers pass (dtype, layout, read-only flags), and wou
 stale, silently, when a layer changed what it passes.  So it trains one step of each
 model ``examples/train_lenet.py`` builds, then evaluates it, on a small random batch in
 float32 (the default dtype) with SGD: every kernel those calls reach is compiled for the
-types it is really called with.  ``tests/kernels/test_warm.py`` checks that a new process
+types it is really called with.  The batch, 16, is more than one chunk for every
+convolution (a chunk is at most 8 samples), as in training; then one image is
+evaluated, a single chunk, which runs the shifted kernels' serial twins
+(``npnet/kernels/fused.py``, ``_serial``): a prediction for one image is compiled too.  ``tests/kernels/test_warm.py`` checks that a new process
 then runs the main job's first step and evaluation without compiling anything.
 
 The cache stays valid as long as the kernels' files do: Numba keys each entry by its
@@ -37,9 +40,10 @@ import numpy as np
 MODELS = ("lenet5", "lenet5_classic", "LeNet5", "resnet")
 
 
-def warm(batch: int = 4, models=MODELS) -> dict:
+def warm(batch: int = 16, models=MODELS) -> dict:
     """Run one training step and one evaluation forward of each model in ``models`` on
-    a random float32 batch of ``batch`` MNIST-sized images; returns {model: seconds}."""
+    a random float32 batch of ``batch`` MNIST-sized images, then evaluate one image;
+    returns {model: seconds}."""
     import npnet                                 # from above kernels: at call time only
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch, 1, 28, 28)).astype(np.float32)
@@ -58,6 +62,7 @@ def warm(batch: int = 4, models=MODELS) -> dict:
             opt.step()
         model.eval()
         model(x)
+        model(x[:1])                             # one chunk: the serial twins
         seconds[name] = time.perf_counter() - t0
     return seconds
 

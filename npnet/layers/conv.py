@@ -156,8 +156,10 @@ class Conv2d(Module):
             # its ReLU and pool (docs/layers/fused.md)
             S = shifted.chunk_size(*x.shape[2:], kh, kw, ph, pw)
             xps = np.empty(shifted.padded_shape(x.shape, ph, pw, S), x.dtype)
-            y = shifted.conv_forward(x, w2, np.zeros(F, x.dtype), kh, kw, ph, pw, OH, OW,
-                                     S, np.empty((N, F, OH, OW), x.dtype), xps)
+            kernel = shifted.conv_forward if shifted.tasks(N, S) > 1 \
+                else shifted.conv_forward_serial              # one chunk: no thread pool
+            y = kernel(x, w2, np.zeros(F, x.dtype), kh, kw, ph, pw, OH, OW, S,
+                       np.empty((N, F, OH, OW), x.dtype), xps)
             y = y.reshape(N, F, P)
         else:
             y = np.empty((N, F, P), x.dtype)
@@ -204,9 +206,10 @@ class Conv2d(Module):
         dw_chunks = np.empty((-(-N // S), F, K), w.dtype)
         grad_in = np.empty(x.shape if need_grad_in else (0, C, H, W), w.dtype)
         if xps is not None:                              # the shifted product
-            shifted.conv_backward(xps, np.ascontiguousarray(w2.T), kh, kw, ph, pw, OH, OW,
-                                  S, g.reshape(N, F, OH, OW), dw_chunks, grad_in,
-                                  need_grad_in)
+            kernel = shifted.conv_backward if shifted.tasks(N, S) > 1 \
+                else shifted.conv_backward_serial             # one chunk: no thread pool
+            kernel(xps, np.ascontiguousarray(w2.T), kh, kw, ph, pw, OH, OW, S,
+                   g.reshape(N, F, OH, OW), dw_chunks, grad_in, need_grad_in)
         else:
             def chunk(i, s):
                 n = s.stop - s.start

@@ -6,8 +6,10 @@ plain im2col / max-pool references) over many geometries, in float32.
 import numpy as np
 import pytest
 
-from npnet.kernels.fused import (chunk_size, conv_relu_pool_backward, conv_relu_pool_forward,
-                                 padded_shape)
+from npnet.kernels.fused import (chunk_size, conv_backward, conv_backward_serial, conv_forward,
+                                 conv_forward_serial, conv_relu_pool_backward,
+                                 conv_relu_pool_backward_serial, conv_relu_pool_forward,
+                                 conv_relu_pool_forward_serial, padded_shape, tasks)
 from npnet.kernels.reference import conv_relu_pool_backward_ref, conv_relu_pool_forward_ref
 
 # (N, C, F, H, W, kh, kw, ph, pw)
@@ -170,6 +172,72 @@ def test_results_do_not_depend_on_the_thread_count():
         numba.set_num_threads(old)
     for a, b in zip(runs[0], runs[-1]):
         np.testing.assert_array_equal(a, b)
+
+
+# -- the serial twins: the same kernels on the calling thread, for a call with one chunk -----
+def _all_outputs(forward, backward, x, weight, bias, ph, pw, S, winners):
+    """Every array the fused pair writes (forward, then backward with dL/dx)."""
+    N, (F, _, kh, kw) = x.shape[0], weight.shape
+    OH, OW = x.shape[2] + 2 * ph - kh + 1, x.shape[3] + 2 * pw - kw + 1
+    w2 = weight.reshape(F, -1)
+    y = np.full((N, F, OH // 2, OW // 2), np.nan, dtype=np.float32)
+    arg = np.full(y.shape if winners else (0, *y.shape[1:]), -1, dtype=np.int8)
+    xps = np.full(padded_shape(x.shape, ph, pw, S), np.nan, dtype=np.float32)
+    forward(x, w2, bias, kh, kw, ph, pw, OH, OW, S, y, arg, xps)
+    if not winners:
+        return y, xps
+    g = np.linspace(-1, 1, y.size, dtype=np.float32).reshape(y.shape)
+    dw_c = np.full((tasks(N, S), F, w2.shape[1]), np.nan, dtype=np.float32)
+    db_n = np.full((N, F), np.nan, dtype=np.float32)
+    gin = np.full(x.shape, np.nan, dtype=np.float32)
+    backward(xps, np.ascontiguousarray(w2.T), kh, kw, ph, pw, OH, OW, S, g, y, arg, dw_c,
+             db_n, gin, True)
+    return y, arg, xps, dw_c, db_n, gin
+
+
+@pytest.mark.parametrize("N", [1, 9], ids=["one_chunk", "three_chunks"])
+@pytest.mark.parametrize("winners", [True, False], ids=["train", "eval"])
+def test_the_serial_twins_compute_the_same_bits(N, winners):
+    """A call with one chunk runs the ``_serial`` twin: the same loops compiled without
+    the thread pool must give every output bit for bit (any N, not only one chunk)."""
+    x, weight, bias = _draw(np.random.default_rng(3), N, 6, 16, 14, 14, 5, 5, 1, 1)
+    parallel = _all_outputs(conv_relu_pool_forward, conv_relu_pool_backward, x, weight,
+                            bias, 1, 1, 4, winners)
+    serial = _all_outputs(conv_relu_pool_forward_serial, conv_relu_pool_backward_serial, x,
+                          weight, bias, 1, 1, 4, winners)
+    for a, b in zip(parallel, serial):
+        np.testing.assert_array_equal(a, b)       # NaN where neither wrote: equal too
+
+
+@pytest.mark.parametrize("N", [1, 9], ids=["one_chunk", "three_chunks"])
+def test_the_unfused_convolution_s_serial_twins_compute_the_same_bits(N):
+    x, weight, bias = _draw(np.random.default_rng(4), N, 3, 5, 9, 7, 3, 3, 1, 1)
+    F, K = weight.shape[0], weight[0].size
+    w2, S = weight.reshape(F, K), 4
+    outs = []
+    for fwd, bwd in ((conv_forward, conv_backward), (conv_forward_serial, conv_backward_serial)):
+        y = np.full((N, F, 9, 7), np.nan, dtype=np.float32)
+        xps = np.full(padded_shape(x.shape, 1, 1, S), np.nan, dtype=np.float32)
+        fwd(x, w2, bias, 3, 3, 1, 1, 9, 7, S, y, xps)
+        g = np.linspace(-1, 1, y.size, dtype=np.float32).reshape(y.shape)
+        dw_c = np.full((tasks(N, S), F, K), np.nan, dtype=np.float32)
+        gin = np.full(x.shape, np.nan, dtype=np.float32)
+        bwd(xps, np.ascontiguousarray(w2.T), 3, 3, 1, 1, 9, 7, S, g, dw_c, gin, True)
+        outs.append((y, xps, dw_c, gin))
+    for a, b in zip(*outs):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_serial_twins_are_cached_apart_from_their_kernels():
+    """Numba's cache names an entry by the function's name and line: the twins must not
+    share their parallel kernel's, or one would load the other's machine code."""
+    for kernel, twin in ((conv_relu_pool_forward, conv_relu_pool_forward_serial),
+                         (conv_relu_pool_backward, conv_relu_pool_backward_serial),
+                         (conv_forward, conv_forward_serial),
+                         (conv_backward, conv_backward_serial)):
+        assert twin.py_func.__qualname__ == kernel.py_func.__qualname__ + "_serial"
+        assert twin.targetoptions.get("parallel") is None and kernel.targetoptions["parallel"]
+        assert twin.targetoptions["fastmath"] == kernel.targetoptions.get("fastmath", False)
 
 
 # -- the unrolled 2x2 max-pool used by MaxPool2d (npnet/kernels/pool.py) ----------------------

@@ -104,6 +104,26 @@ def test_the_road_is_chosen_by_stride_and_map_size(rng, draw):
         assert (layer._cache[1] is not None) is shifted, (x_shape, stride)
 
 
+@pytest.mark.parametrize("N, serial", [(1, True), (8, True), (9, False)],
+                         ids=["one_image", "eight_images_one_chunk", "two_chunks"])
+def test_one_chunk_of_the_shifted_product_runs_the_serial_twins(N, serial, rng, draw,
+                                                                monkeypatch):
+    """The shifted product on a batch that is one chunk (8 samples of an 8x8 map) runs the
+    kernels' ``_serial`` twins, without the thread pool (npnet/kernels/fused.py)."""
+    import npnet.kernels.fused as shifted
+    ran = []
+    for name in ("conv_forward", "conv_backward", "conv_forward_serial",
+                 "conv_backward_serial"):
+        kernel = getattr(shifted, name)
+        monkeypatch.setattr(shifted, name, lambda *a, k=kernel, n=name: ran.append(n) or k(*a))
+    layer = Conv2d(3, 2, 3, padding=1, rng=rng)
+    assert shifted.chunk_size(8, 8, 3, 3, 1, 1) == 8
+    y = layer(draw((N, 3, 8, 8), np.float32))
+    layer.backward(draw(y.shape, np.float32))
+    suffix = "_serial" if serial else ""
+    assert ran == ["conv_forward" + suffix, "conv_backward" + suffix]
+
+
 @pytest.mark.parametrize("k,p,h,w", [(3, 1, 8, 9), (5, 2, 7, 7), (1, 0, 6, 11), (3, 0, 10, 8)],
                          ids=["k3_p1_8x9", "k5_p2_7x7", "k1_p0_6x11", "k3_p0_10x8"])
 def test_shifted_product_equals_im2col(k, p, h, w, rng, draw, monkeypatch, tol32):

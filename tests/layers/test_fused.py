@@ -514,6 +514,27 @@ def test_results_are_bit_identical_for_1_and_2_threads(geom, rng, draw):
         np.testing.assert_array_equal(runs[0][key], runs[1][key], err_msg=key)
 
 
+@pytest.mark.parametrize("N, serial", [(1, True), (2, True), (3, False)],
+                         ids=["one_image", "two_images_one_chunk", "two_chunks"])
+def test_one_chunk_runs_the_kernels_serial_twins(N, serial, rng, draw, monkeypatch):
+    """A call whose batch is one chunk (conv1 of LeNet-5 takes 2 samples a chunk) runs the
+    kernels' ``_serial`` twins, which use no thread pool (npnet/kernels/fused.py); more
+    chunks run the parallel kernels."""
+    import npnet.layers.fused as layer_module
+    ran = []
+    for name in ("conv_relu_pool_forward", "conv_relu_pool_backward",
+                 "conv_relu_pool_forward_serial", "conv_relu_pool_backward_serial"):
+        kernel = getattr(layer_module, name)
+        monkeypatch.setattr(layer_module, name,
+                            lambda *a, k=kernel, n=name: ran.append(n) or k(*a))
+    layer = _fused(1, 6, 5, 2, rng=rng)            # LeNet-5's conv1: 2 samples a chunk
+    x = draw((N, 1, 28, 28), np.float32)
+    y = layer(x)
+    layer.backward(draw(y.shape, np.float32))
+    suffix = "_serial" if serial else ""
+    assert ran == ["conv_relu_pool_forward" + suffix, "conv_relu_pool_backward" + suffix]
+
+
 # -- inside a model --------------------------------------------------------------------------
 def _model(dtype, rng):
     return npnet.Sequential(Conv2d(2, 4, 3, padding=1, dtype=dtype, rng=rng), ReLU(),
