@@ -203,10 +203,11 @@ class Conv2d(Module):
         # both roads: dL/dW2 of each chunk, summed in chunk order; dL/dx if asked for
         S = shifted.chunk_size(H, W, kh, kw, ph, pw) if xps is not None \
             else chunk_size(K * P * x.itemsize, N)
-        dw_chunks = np.empty((-(-N // S), F, K), w.dtype)
+        T = shifted.tasks(N, S)                          # chunks of S samples, either road
+        dw_chunks = np.empty((T, F, K), w.dtype)
         grad_in = np.empty(x.shape if need_grad_in else (0, C, H, W), w.dtype)
         if xps is not None:                              # the shifted product
-            kernel = shifted.conv_backward if shifted.tasks(N, S) > 1 \
+            kernel = shifted.conv_backward if T > 1 \
                 else shifted.conv_backward_serial             # one chunk: no thread pool
             kernel(xps, np.ascontiguousarray(w2.T), kh, kw, ph, pw, OH, OW, S,
                    g.reshape(N, F, OH, OW), dw_chunks, grad_in, need_grad_in)
