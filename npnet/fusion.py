@@ -116,8 +116,10 @@ def _fused(conv, relu, pool) -> ConvReLUMaxPool2d:
     """The fused layer for these three (one per triple, kept on the conv: it holds no
     state but the three layers, which it reads at every call)."""
     kept = conv.__dict__.get("_fused_with")
-    if kept is not None and kept.relu is relu and kept.pool is pool:
-        return kept
+    if kept is not None:
+        m = kept._modules                  # not kept.relu: Module.__getattr__, ~1.5 us
+        if m["relu"] is relu and m["pool"] is pool:
+            return kept
     layer = ConvReLUMaxPool2d(conv, relu, pool)
     conv.__dict__["_fused_with"] = layer
     return layer

@@ -380,3 +380,34 @@ def test_a_deferred_value_the_forward_keeps_is_computed_at_its_end(rng):
     want = np.asarray(model.conv(x))                # the conv on its own, same weights
     model.conv.weight[...] += 1                     # later changes do not reach it
     np.testing.assert_array_equal(np.asarray(model.kept), want)
+
+
+def test_the_fused_layer_kept_on_a_conv_is_reused_only_for_the_same_relu_and_pool():
+    """A conv called twice in one forward, into two pools, runs two fused calls, each
+    standing for the layers of its own call; a model whose convs each meet one ReLU and
+    pool reuses the same fused layers from one forward to the next."""
+    rng = np.random.default_rng(0)
+    conv, relu = npnet.Conv2d(1, 2, 3, padding=1, rng=rng), npnet.ReLU()
+    pools = [npnet.MaxPool2d(2), npnet.MaxPool2d(2)]
+
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.relu, self.p0, self.p1 = conv, relu, *pools
+
+        def forward(self, x):
+            return self.p0(self.relu(self.conv(x))) + self.p1(self.relu(self.conv(x)))
+
+    model = Twice()
+    x = rng.standard_normal((2, 1, 6, 6)).astype(np.float32)
+    for _ in range(2):
+        model(x)
+        assert [c.module.stands_for for c in fused_calls(model)] == [
+            (conv, relu, pools[0]), (conv, relu, pools[1])]
+
+    lenet = npnet.lenet5(rng=rng)
+    x = rng.standard_normal((2, 1, 28, 28)).astype(np.float32)
+    lenet(x)
+    first = [c.module for c in fused_calls(lenet)]
+    lenet(x)
+    assert [c.module for c in fused_calls(lenet)] == first and len(first) == 2
