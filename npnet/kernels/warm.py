@@ -16,8 +16,9 @@ float32 (the default dtype) with SGD: every kernel those calls reach is compiled
 types it is really called with.  The batch, 16, is more than one chunk for every
 convolution (a chunk is at most 8 samples), as in training; then one image is
 evaluated, a single chunk, which runs the shifted kernels' serial twins
-(``npnet/kernels/fused.py``, ``_serial``): a prediction for one image is compiled too.  ``tests/kernels/test_warm.py`` checks that a new process
-then runs the main job's first step and evaluation without compiling anything.
+(``npnet/kernels/fused.py``, ``_serial``): a prediction for one image is compiled too.
+``tests/kernels/test_warm.py`` checks that a new process then runs the main job's first
+step and evaluation without compiling anything.
 
 The cache stays valid as long as the kernels' files do: Numba keys each entry by its
 source file's modification time and size (and the CPU), and compiles again, overwriting
