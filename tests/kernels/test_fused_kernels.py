@@ -34,15 +34,14 @@ def _draw(rng, N, C, F, H, W, kh, kw, ph, pw):
 CHUNKS = [1, 2, 3]     # samples per task (the last chunk may be shorter)
 
 
-def _forward(x, weight, bias, ph, pw, S=1, winners=True):
+def _forward(x, weight, bias, ph, pw, S=1, winners=True, kernel=conv_relu_pool_forward):
     """The forward kernel; ``winners=False`` passes arg with no rows (eval mode)."""
     N, (F, _, kh, kw) = x.shape[0], weight.shape
     OH, OW = x.shape[2] + 2 * ph - kh + 1, x.shape[3] + 2 * pw - kw + 1
     y = np.full((N, F, OH // 2, OW // 2), np.nan, dtype=np.float32)
     arg = np.full(y.shape if winners else (0, *y.shape[1:]), -1, dtype=np.int8)
     xps = np.full(padded_shape(x.shape, ph, pw, S), np.nan, dtype=np.float32)  # all set
-    conv_relu_pool_forward(x, weight.reshape(F, -1), bias, kh, kw, ph, pw, OH, OW, S, y, arg,
-                           xps)
+    kernel(x, weight.reshape(F, -1), bias, kh, kw, ph, pw, OH, OW, S, y, arg, xps)
     return y, arg, xps
 
 
@@ -177,15 +176,12 @@ def test_results_do_not_depend_on_the_thread_count():
 # -- the serial twins: the same kernels on the calling thread, for a call with one chunk -----
 def _all_outputs(forward, backward, x, weight, bias, ph, pw, S, winners):
     """Every array the fused pair writes (forward, then backward with dL/dx)."""
+    y, arg, xps = _forward(x, weight, bias, ph, pw, S, winners, kernel=forward)
+    if not winners:
+        return y, xps
     N, (F, _, kh, kw) = x.shape[0], weight.shape
     OH, OW = x.shape[2] + 2 * ph - kh + 1, x.shape[3] + 2 * pw - kw + 1
     w2 = weight.reshape(F, -1)
-    y = np.full((N, F, OH // 2, OW // 2), np.nan, dtype=np.float32)
-    arg = np.full(y.shape if winners else (0, *y.shape[1:]), -1, dtype=np.int8)
-    xps = np.full(padded_shape(x.shape, ph, pw, S), np.nan, dtype=np.float32)
-    forward(x, w2, bias, kh, kw, ph, pw, OH, OW, S, y, arg, xps)
-    if not winners:
-        return y, xps
     g = np.linspace(-1, 1, y.size, dtype=np.float32).reshape(y.shape)
     dw_c = np.full((tasks(N, S), F, w2.shape[1]), np.nan, dtype=np.float32)
     db_n = np.full((N, F), np.nan, dtype=np.float32)
