@@ -16,7 +16,7 @@ $(VENV)/.runtime: requirements.txt setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -r requirements.txt
 	$(PIP) install --no-deps --no-build-isolation -e .
-	$(PY) -m npnet.kernels.warm   # compile the kernels into Numba's cache once, now
+	$(PY) -m npnet.kernels.warm   # compile npnet's bytecode and kernels into their caches, once
 	touch $@
 
 $(VENV)/.test: requirements-test.txt $(VENV)/.runtime

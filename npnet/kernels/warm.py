@@ -1,4 +1,4 @@
-"""Compile npnet's kernels before their first use: ``python -m npnet.kernels.warm``.
+"""Fill the caches a new process reads before its first step: ``python -m npnet.kernels.warm``.
 
 Numba compiles a kernel at its first call, for the argument types of that call, and
 with ``cache=True`` it writes the machine code to its cache (``__pycache__`` next to the
@@ -26,19 +26,36 @@ the entry, when a file changes.  It cannot see a change in *another* file whose
 function a kernel calls, so a cached kernel calls Numba functions of its own file only
 (tests/kernels/test_warm.py checks that too).
 
+It first writes the bytecode of npnet's Python files (``compileall``), the other thing
+a new process would otherwise compile.  Python writes a module's bytecode to
+``__pycache__`` at its first import, unless ``PYTHONDONTWRITEBYTECODE`` is set, as it is
+on this project's machines: then every process compiled all of npnet's source again,
+about 0.12 s of each start-up (docs/performance.md, "Start-up").  pip compiles the
+packages it installs; npnet is installed editable (its files stay where they are), so
+this does it.  Python checks each bytecode file against its source's modification time
+and size, so an edited file is compiled again, never read stale.
+
 This module sits in ``kernels`` because it is about them, but it drives the models from
 above: it imports them when it runs, never when npnet is imported.
 """
 from __future__ import annotations
 
+import compileall
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
 # the builders the main job can train (examples/train_lenet.py's --model), and the seed's
 # class, which the README trains: each is one training step and one evaluation here
 MODELS = ("lenet5", "lenet5_classic", "LeNet5", "resnet")
+
+
+def compile_bytecode() -> bool:
+    """Write the bytecode of every Python file of npnet (where Python will read it:
+    ``__pycache__``, or under ``PYTHONPYCACHEPREFIX``); False if a file failed."""
+    return bool(compileall.compile_dir(Path(__file__).resolve().parents[1], quiet=1))
 
 
 def warm(batch: int = 16, models=MODELS) -> dict:
@@ -75,9 +92,14 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 2
     t0 = time.perf_counter()
+    if not compile_bytecode():
+        print("npnet.kernels.warm: compiling npnet's Python files to bytecode failed (the "
+              "error is above)", file=sys.stderr)
+        return 1
     seconds = warm()
     parts = ", ".join(f"{name} {s:.1f} s" for name, s in seconds.items())
-    print(f"npnet kernels compiled and cached in {time.perf_counter() - t0:.1f} s ({parts})")
+    print(f"npnet bytecode and kernels compiled and cached in "
+          f"{time.perf_counter() - t0:.1f} s ({parts})")
     return 0
 
 

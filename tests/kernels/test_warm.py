@@ -21,13 +21,25 @@ from npnet.kernels import warm
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# The main job's first epoch, in a process that counts Numba's compilations: one per
-# kernel signature it had to compile (nested helpers count too), none if all were cached.
-MAIN_JOB = textwrap.dedent("""
+# Counts, in a new process, what it compiles: npnet's Python files compiled from source
+# (none if their bytecode was read from the cache Python keeps for them), and Numba's
+# compilations, one per kernel signature (nested helpers count too; none if all cached).
+COUNT = textwrap.dedent("""
+    import importlib.machinery
+    import os
     import sys
     from numba.core import event
 
-    compiled = []
+    sources, compiled = [], []
+    PACKAGE = os.path.join(os.getcwd(), "npnet", "")      # the process runs in the root
+    _to_code = importlib.machinery.SourceFileLoader.source_to_code
+
+    def source_to_code(self, data, path, *args, **kwargs):
+        if str(path).startswith(PACKAGE):
+            sources.append(str(path))
+        return _to_code(self, data, path, *args, **kwargs)
+
+    importlib.machinery.SourceFileLoader.source_to_code = source_to_code
 
     class Count(event.Listener):
         def on_start(self, ev):
@@ -37,36 +49,53 @@ MAIN_JOB = textwrap.dedent("""
             pass
 
     event.register("numba:compile", Count())
+""")
+
+# The main job's first epoch of each model named on the command line.
+MAIN_JOB = COUNT + textwrap.dedent("""
     sys.path.insert(0, "examples")
     import train_lenet
     for model in sys.argv[2:]:
         train_lenet.main(["--model", model, "--limit", "256", "--eval-limit", "256",
                           "--epochs", "1", "--no-plots", "--no-progress",
                           "--out", f"{sys.argv[1]}/{model}"])
-    print(len(compiled))
-    print("\\n".join(compiled), file=sys.stderr)
+    print(len(sources), len(compiled))
+    print("\\n".join(sources + compiled), file=sys.stderr)
 """)
 
 
-def _run(args, cache, cwd=ROOT, **kw):
+def _run(args, cache, cwd=ROOT, pycache=None, **kw):
     env = dict(os.environ, NUMBA_CACHE_DIR=str(cache))
+    if pycache is not None:     # bytecode only where the warm-up writes it (or nowhere)
+        env.update(PYTHONPYCACHEPREFIX=str(pycache), PYTHONDONTWRITEBYTECODE="1")
     return subprocess.run([sys.executable, *args], env=env, cwd=cwd, capture_output=True,
                           text=True, timeout=600, **kw)
 
 
 def test_after_warm_the_main_job_compiles_nothing(tmp_path):
-    cache = tmp_path / "numba-cache"
-    r = _run(["-m", "npnet.kernels.warm"], cache)
+    """Neither npnet's Python files nor its kernels: with PYTHONDONTWRITEBYTECODE set (as
+    on CI), only the warm-up writes npnet's bytecode, into a directory of this test's."""
+    cache, pycache = tmp_path / "numba-cache", tmp_path / "pycache"
+    r = _run(["-m", "npnet.kernels.warm"], cache, pycache=pycache)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.startswith("npnet kernels compiled and cached in "), r.stdout
+    assert r.stdout.startswith("npnet bytecode and kernels compiled and cached in "), r.stdout
     assert any(cache.rglob("*.nbc")), "the warm-up wrote nothing to Numba's cache"
     # every model the main job trains (its --model choices), each at its own recipe's batch
     job = _run(["-c", MAIN_JOB, str(tmp_path / "runs"), "lenet5", "lenet5_classic",
-                "resnet"], cache)
+                "resnet"], cache, pycache=pycache)
     assert job.returncode == 0, job.stderr
-    n = int(job.stdout.strip().splitlines()[-1])
-    assert n == 0, f"the main job compiled {n} kernel signatures the warm-up missed:\n" \
-                   f"{job.stderr}"
+    sources, kernels = map(int, job.stdout.strip().splitlines()[-1].split())
+    assert (sources, kernels) == (0, 0), (
+        f"the main job compiled {sources} of npnet's Python files and {kernels} kernel "
+        f"signatures that the warm-up did not cache:\n{job.stderr}")
+
+
+def test_without_warm_a_new_process_compiles_npnet_from_source(tmp_path):
+    """The other side of the test above: the count sees npnet's files compiled when no
+    bytecode was written for them."""
+    r = _run(["-c", COUNT + "import npnet\nprint(len(sources))"], tmp_path / "numba-cache",
+             pycache=tmp_path / "pycache", check=True)
+    assert int(r.stdout.split()[-1]) >= 20          # npnet's modules, each compiled
 
 
 def test_warm_covers_every_model_of_the_main_job(load_example):
