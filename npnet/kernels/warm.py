@@ -93,8 +93,8 @@ def main(argv=None) -> int:
         return 2
     t0 = time.perf_counter()
     if not compile_bytecode():
-        print("npnet.kernels.warm: compiling npnet's Python files to bytecode failed (the "
-              "error is above)", file=sys.stderr)
+        print("npnet.kernels.warm: could not write the bytecode of npnet's Python files "
+              "(compileall printed why above)", file=sys.stderr)
         return 1
     seconds = warm()
     parts = ", ".join(f"{name} {s:.1f} s" for name, s in seconds.items())

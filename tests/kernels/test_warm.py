@@ -13,6 +13,7 @@ import textwrap
 from pathlib import Path
 
 import numba
+import pytest
 from numba.core.caching import NullCache
 from numba.core.registry import CPUDispatcher
 
@@ -96,6 +97,14 @@ def test_without_warm_a_new_process_compiles_npnet_from_source(tmp_path):
     r = _run(["-c", COUNT + "import npnet\nprint(len(sources))"], tmp_path / "numba-cache",
              pycache=tmp_path / "pycache", check=True)
     assert int(r.stdout.split()[-1]) >= 20          # npnet's modules, each compiled
+
+
+def test_warm_stops_with_one_line_when_the_bytecode_cannot_be_written(monkeypatch, capsys):
+    monkeypatch.setattr(warm.compileall, "compile_dir", lambda *args, **kwargs: False)
+    monkeypatch.setattr(warm, "warm", lambda: pytest.fail("the kernels were compiled anyway"))
+    assert warm.main([]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "could not write the bytecode" in err
 
 
 def test_warm_covers_every_model_of_the_main_job(load_example):
