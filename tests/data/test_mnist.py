@@ -219,6 +219,32 @@ def test_fetch_from_good_source_after_bad_ones(tmp_path, fake_mnist, monkeypatch
     assert images.shape == (6, 28, 28)
 
 
+def test_a_load_checks_and_fetches_only_the_files_of_its_split(tmp_path, fake_mnist,
+                                                               monkeypatch):
+    train, test = mnist.SPLITS["train"], mnist.SPLITS["test"]
+    for name in test:
+        (tmp_path / name).write_bytes(FAKE[name])          # the training files are missing
+    checked, real = [], mnist._fault
+    monkeypatch.setattr(mnist, "_fault", lambda path, *a: checked.append(path.name) or
+                        real(path, *a))
+    never = Failing()
+    monkeypatch.setitem(mnist.SOURCES, "mnist", [never])
+    images, labels = load_mnist(tmp_path, split="test")
+    assert images.shape == (4, 28, 28) and sorted(checked) == sorted(test)
+    assert never.asked == []
+    good = Good()
+    monkeypatch.setitem(mnist.SOURCES, "mnist", [good])
+    checked.clear()
+    load_mnist(tmp_path, split="train")
+    assert good.asked == list(train) and sorted(checked) == sorted(train)
+
+
+def test_fetch_refuses_a_file_the_dataset_does_not_have(tmp_path):
+    with pytest.raises(ValueError, match="mnist has no file 'train-images'; its files are "):
+        fetch("mnist", tmp_path / "d", files=("train-images",))
+    assert not (tmp_path / "d").exists()                 # refused before anything is made
+
+
 def test_fetch_error_lists_every_source_and_the_recipe(tmp_path, fake_mnist, monkeypatch):
     monkeypatch.setitem(mnist.SOURCES, "mnist", [Failing(), WrongBytes()])
     with pytest.raises(FetchError) as info:
