@@ -484,3 +484,39 @@ def test_views_of_views_are_traced_to_their_memory(rng, draw):
     t[...] = 0
     seq.backward(g)
     np.testing.assert_array_equal(seq[0].grads["weight"], clean[2]["0.weight"])
+
+
+@pytest.mark.parametrize("build", [npnet.lenet5, npnet.models.LeNet5, npnet.models.resnet],
+                         ids=["lenet5", "seed_class", "resnet"])
+def test_a_training_step_leaves_no_reference_cycle(build):
+    """What a forward records is freed by reference counting alone, as soon as nothing
+    holds it: a training step, and a training forward that no backward followed, leave
+    nothing for Python's garbage collector (whose collections would otherwise come every
+    few dozen steps, and a full one now and then, in the middle of training)."""
+    import gc
+    rng = np.random.default_rng(0)
+    with nn.init_generator(rng):
+        model = build()
+    crit = npnet.CrossEntropyLoss()
+    opt = npnet.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x = rng.standard_normal((4, 1, 28, 28)).astype(np.float32)
+    y = rng.integers(0, 10, 4)
+
+    def step():
+        opt.zero_grad()
+        crit(model(x), y)
+        model.backward(crit.backward())
+        opt.step()
+        model(x)                          # a forward whose tape the next one replaces
+    step()                                # compiles or loads the kernels first
+    gc.collect()
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for _ in range(3):
+            step()
+        found = gc.collect()
+    finally:
+        if enabled:
+            gc.enable()
+    assert found == 0
