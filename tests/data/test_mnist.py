@@ -245,6 +245,16 @@ def test_fetch_refuses_a_file_the_dataset_does_not_have(tmp_path):
     assert not (tmp_path / "d").exists()                 # refused before anything is made
 
 
+def test_fetch_takes_one_file_name_as_a_bare_string(tmp_path, fake_mnist, monkeypatch):
+    """``files="t10k-labels-idx1-ubyte"`` means that one file, not its characters one by
+    one (a file named 't' would be refused as unknown)."""
+    name = mnist.SPLITS["test"][1]
+    good = Good()
+    monkeypatch.setitem(mnist.SOURCES, "mnist", [good])
+    fetch("mnist", tmp_path, files=name)
+    assert good.asked == [name] and [p.name for p in tmp_path.iterdir()] == [name]
+
+
 def test_fetch_error_lists_every_source_and_the_recipe(tmp_path, fake_mnist, monkeypatch):
     monkeypatch.setitem(mnist.SOURCES, "mnist", [Failing(), WrongBytes()])
     with pytest.raises(FetchError) as info:
