@@ -15,12 +15,11 @@ directory holding an older ``npnet`` package, e.g. ``git archive <commit> npnet 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from baseline import codes, in_turns, run_worker  # noqa: E402  (benchmarks/baseline.py)
 
 WORKER = r"""
 import gc, json, sys, time
@@ -66,13 +65,6 @@ print(json.dumps({"collections": len(pauses), "gc_ms": 1e3 * sum(pauses),
 """
 
 
-def _measure(path, model, batch, steps):
-    env = dict(os.environ, PYTHONPATH=path)
-    r = subprocess.run([sys.executable, "-c", WORKER, model, str(batch), str(steps)],
-                       env=env, cwd=path, capture_output=True, text=True, check=True)
-    return json.loads(r.stdout.strip().splitlines()[-1])
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--baseline", metavar="DIR", help="older code to measure in turns")
@@ -81,20 +73,15 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args(argv)
-    codes = [("this code", ROOT)]
-    if args.baseline:
-        if not os.path.isdir(os.path.join(args.baseline, "npnet")):
-            ap.error(f"--baseline {args.baseline}: no npnet package in that directory")
-        codes.append(("baseline", os.path.abspath(args.baseline)))
+    both = codes(ap, args.baseline)
     print(f"{args.model}, batch {args.batch}, {args.steps} training steps (the README's) "
           "per run")
-    for r in range(args.rounds):
-        for name, path in codes[r % len(codes):] + codes[:r % len(codes)]:
-            m = _measure(path, args.model, args.batch, args.steps)
-            print(f"  {name:10s} {m['collections']:5d} collections, {m['gc_ms']:7.1f} ms in "
-                  f"them (longest {m['longest_gc_ms']:5.1f} ms); step median "
-                  f"{m['median_step_ms']:.3f} ms, longest {m['longest_step_ms']:.1f} ms",
-                  flush=True)
+    for name, path in in_turns(both, args.rounds):
+        m = run_worker(path, WORKER, args.model, args.batch, args.steps)
+        print(f"  {name:10s} {m['collections']:5d} collections, {m['gc_ms']:7.1f} ms in "
+              f"them (longest {m['longest_gc_ms']:5.1f} ms); step median "
+              f"{m['median_step_ms']:.3f} ms, longest {m['longest_step_ms']:.1f} ms",
+              flush=True)
 
 
 if __name__ == "__main__":

@@ -17,13 +17,13 @@ measured too, the two taking turns (the first of each round alternating).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from baseline import ROOT, codes, in_turns, run_worker  # noqa: E402  (benchmarks/baseline.py)
 
 WORKER = r"""
 import json, sys, time
@@ -67,13 +67,6 @@ while True:
 """
 
 
-def _measure(path, calls, gap):
-    env = dict(os.environ, PYTHONPATH=path)
-    r = subprocess.run([sys.executable, "-c", WORKER, str(calls), str(gap)], env=env,
-                       cwd=path, capture_output=True, text=True, check=True)
-    return json.loads(r.stdout.strip().splitlines()[-1])
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--baseline", metavar="DIR", help="older code to measure in turns")
@@ -81,11 +74,7 @@ def main(argv=None):
     ap.add_argument("--gap-ms", type=float, default=1.0)
     ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args(argv)
-    codes = [("this code", ROOT)]
-    if args.baseline:
-        if not os.path.isdir(os.path.join(args.baseline, "npnet")):
-            ap.error(f"--baseline {args.baseline}: no npnet package in that directory")
-        codes.append(("baseline", os.path.abspath(args.baseline)))
+    both = codes(ap, args.baseline)
     print(f"npnet.lenet5(), one image, eval mode; {args.calls} calls each way; "
           "median / 90th percentile, ms")
     for load in ("quiet", "another process training LeNet-5"):
@@ -95,11 +84,10 @@ def main(argv=None):
                                        env=dict(os.environ, PYTHONPATH=ROOT))
             time.sleep(5)                          # past its import and first steps
         try:
-            for r in range(args.rounds):
-                for name, path in codes[r % len(codes):] + codes[:r % len(codes)]:
-                    row = _measure(path, args.calls, args.gap_ms / 1e3)
-                    cells = "   ".join(f"{k}: {m:6.3f} / {p:6.3f}" for k, (m, p) in row.items())
-                    print(f"  {load:34s} {name:10s} {cells}", flush=True)
+            for name, path in in_turns(both, args.rounds):
+                row = run_worker(path, WORKER, args.calls, args.gap_ms / 1e3)
+                cells = "   ".join(f"{k}: {m:6.3f} / {p:6.3f}" for k, (m, p) in row.items())
+                print(f"  {load:34s} {name:10s} {cells}", flush=True)
         finally:
             if trainer is not None:
                 trainer.kill()
