@@ -63,26 +63,26 @@ CONST = _Const()
 
 class Input:
     """The source of the model's k-th input."""
-    __slots__ = ("tape_ref", "index", "shape", "dtype", "grad")
+    __slots__ = ("mark", "index", "shape", "dtype", "grad")
 
     def __init__(self, tape, index, shape, dtype):
-        self.tape_ref, self.index, self.shape, self.dtype = tape.ref, index, shape, dtype
+        self.mark, self.index, self.shape, self.dtype = tape.mark, index, shape, dtype
         self.grad = None
 
 
 class Call:
     """One recorded layer call: the layer, its saved state, where its inputs came from.
 
-    ``tape_ref`` is the tape's weak reference (``Tape.ref``), which tells whether an array
-    came from this forward or an earlier one.  The tape holds its calls; were the calls to
-    hold the tape as well, every training forward would leave a reference cycle that only
-    Python's garbage collector frees (docs/performance.md)."""
-    __slots__ = ("module", "saved", "sources", "shape", "dtype", "grad", "tape_ref", "index",
+    ``mark`` is its tape's mark (``Tape.mark``, a plain object), which tells whether an
+    array came from this forward or an earlier one.  The tape holds its calls; were the
+    calls to hold the tape as well, every training forward would leave a reference cycle
+    that only Python's garbage collector frees (docs/performance.md)."""
+    __slots__ = ("module", "saved", "sources", "shape", "dtype", "grad", "mark", "index",
                  "label", "owners")
 
     def __init__(self, module, saved, sources, shape, dtype, tape, label=None):
         self.module, self.saved, self.sources = module, saved, sources
-        self.shape, self.dtype, self.tape_ref, self.label = shape, dtype, tape.ref, label
+        self.shape, self.dtype, self.mark, self.label = shape, dtype, tape.mark, label
         self.grad = None
         self.index = len(tape.calls)
 
@@ -100,13 +100,13 @@ class Tape:
         self.fused: list[Call] = []      # the calls npnet/fusion.py ran fused
         self.scopes = {}                 # call index -> backward hooks of a model to fire
         self._buffer_ids = None
-        self.ref = weakref.ref(self)     # what its calls and inputs hold (Call's docstring)
+        self.mark = object()             # what its calls and inputs carry (Call's docstring)
 
     # where an array came from -------------------------------------------------------------
     def source(self, a, module, position):
         """The Call or Input that made ``a``; None if it carries no gradient."""
         src = getattr(a, "_src", None)
-        if src is not None and src is not CONST and src.tape_ref is self.ref:
+        if src is not None and src is not CONST and src.mark is self.mark:
             return src                    # the usual case: an output of this forward
         if not isinstance(a, np.ndarray) or a.dtype.kind != "f" or src is CONST:
             return None
@@ -401,7 +401,7 @@ class _Forward:
         for i, t in enumerate(leaves):
             src = getattr(t, "_src", None) if isinstance(t, np.ndarray) else None
             if isinstance(t, np.ndarray) and t.dtype.kind == "f" and (
-                    src is None or src is CONST or src.tape_ref is not tape.ref):
+                    src is None or src is CONST or src.mark is not tape.mark):
                 why = ("is detached (npnet.nn.functional.detach): no gradient flows back from "
                        "it" if src is CONST else "was not produced by a recorded call (it was "
                        "computed with NumPy after the last layer?), so backward cannot start "
