@@ -3,6 +3,9 @@ the record in reverse.  Layer reuse, branches, residual sums, what is refused, i
 safety, a user's own layers, hooks wherever a layer runs."""
 from __future__ import annotations
 
+import gc
+import pickle
+
 import numpy as np
 import pytest
 import torch
@@ -493,7 +496,6 @@ def test_a_training_step_leaves_no_reference_cycle(build):
     holds it: a training step, and a training forward that no backward followed, leave
     nothing for Python's garbage collector (whose collections would otherwise come every
     few dozen steps, and a full one now and then, in the middle of training)."""
-    import gc
     rng = np.random.default_rng(0)
     with nn.init_generator(rng):
         model = build()
@@ -524,12 +526,12 @@ def test_a_training_step_leaves_no_reference_cycle(build):
 
 def test_a_model_pickled_between_forward_and_backward_gives_the_same_gradients():
     """A model with a recorded forward still pickles (the tape's calls carry its mark, a
-    plain object, not a reference to the tape), and the copy's backward is the original's."""
-    import pickle
+    plain object, not a reference to the tape), and the copy's backward is the original's,
+    into the copy's own parameters."""
     rng = np.random.default_rng(0)
     model = npnet.lenet5(rng=rng)
-    x = rng.standard_normal((2, 1, 28, 28)).astype(np.float32)
-    g = rng.standard_normal((2, 10)).astype(np.float32)
+    x = rng.standard_normal((16, 1, 28, 28)).astype(np.float32)
+    g = rng.standard_normal((16, 10)).astype(np.float32)
     model(x)
     twin = pickle.loads(pickle.dumps(model))
     model.backward(g)
