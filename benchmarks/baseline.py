@@ -27,11 +27,12 @@ def codes(parser, baseline):
     return out
 
 
-def in_turns(codes, rounds):
-    """(name, directory) for every code, ``rounds`` times, rotating who goes first."""
+def in_turns(items, rounds):
+    """Each of ``items`` (the codes compared here, bench_lenet.py's workers), ``rounds``
+    times, rotating who goes first."""
     for r in range(rounds):
-        k = r % len(codes)
-        yield from codes[k:] + codes[:k]
+        k = r % len(items)
+        yield from items[k:] + items[:k]
 
 
 def run_worker(path, script, *args):

@@ -50,6 +50,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 import roofline  # noqa: E402  (benchmarks/roofline.py: FLOP counts and the sgemm peak)
+from baseline import in_turns  # noqa: E402  (benchmarks/baseline.py: the rotation)
 
 SEED = 0
 LR, MOMENTUM = 0.01, 0.9
@@ -312,10 +313,8 @@ def first_step_times(threads):
 def _rounds(workers, rounds, call):
     """``call(worker)`` for every worker, ``rounds`` times, rotating who goes first."""
     results = {w.name: [] for w in workers}
-    for r in range(rounds):
-        k = r % len(workers)
-        for w in workers[k:] + workers[:k]:
-            results[w.name].append(call(w))
+    for w in in_turns(workers, rounds):
+        results[w.name].append(call(w))
     return results
 
 
