@@ -2,6 +2,8 @@
 
     .venv/bin/python benchmarks/bench_resnet.py [--rounds 5] [--steps 10] [--batches 128]
                                                 [--threads N] [--json out.json]
+    .venv/bin/python benchmarks/bench_resnet.py --layers [--rounds 5] [--steps 10]
+                                                [--batches 128]
 
 Two worker processes: npnet with ``npnet.models.resnet()`` and PyTorch with the same class
 text (the source of ``npnet.models.BasicBlock`` and ``ResNet`` run with ``torch.nn`` as
@@ -11,6 +13,15 @@ same real MNIST batches; the parent asks them in turn, rotating the order every 
 The training step is the README's (``model.backward(crit.backward())``; torch:
 ``loss.backward()``), SGD with momentum.  Measured: training images/s at each batch size
 and eval-mode inference at batch 1,000, with the ratio npnet / PyTorch (median, min, max).
+
+``--layers`` instead times each layer call of one training forward alone: every call of a
+layer that holds no other (conv, batch norm, ReLU, pool, ...; the functional add is not a
+layer in torch's twin), on an input of the shape that call saw at the first of
+``--batches``, forward then backward with dL/dx (except the first call, whose input is the
+images: neither framework computes their gradient in training).  Each round asks both
+workers for the median of ``--steps`` such passes, in turns, and the ratio printed is
+PyTorch's time / npnet's (above 1: npnet is faster), so that the convolutions that lose
+can be told from those that win on the machine at hand.
 """
 from __future__ import annotations
 
@@ -91,6 +102,38 @@ class Worker:
         self.model.train()
         return dt
 
+    def layer(self, name, shape, grad_in, reps):
+        """Seconds for one forward + backward of the layer ``name`` alone on an input of
+        ``shape`` (dL/dx computed if ``grad_in``): the median of ``reps`` passes."""
+        m = dict(self.model.named_modules())[name]
+        self.model.train()
+        rng = np.random.default_rng(SEED)
+        x = rng.standard_normal(shape).astype(np.float32)
+        if self.kind == "torch":
+            import torch
+            x = torch.from_numpy(x).requires_grad_(grad_in)
+            g = torch.from_numpy(rng.standard_normal(tuple(m(x).shape)).astype(np.float32))
+
+            def step():
+                x.grad = None
+                m(x).backward(g)
+        else:
+            g = rng.standard_normal(m(x).shape).astype(np.float32)
+
+            def step():
+                m(x)
+                if grad_in:
+                    m.backward(g)
+                else:                             # Conv2d's: the images' dL/dx skipped
+                    m.backward(g, need_grad_in=False)
+        step()                                    # warm: compile, fill the caches
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t0)
+        return float(np.median(times))
+
     def describe(self):
         return self.info
 
@@ -116,6 +159,69 @@ def compare(workers, rounds, label, cmd, images, **kw):
             "torch_images_per_s": rates["torch"], "ratio": ratios}
 
 
+def layer_calls(model, batch):
+    """[(label, name, input shape)] for each call of a layer holding no other in one
+    training forward of ``model`` at ``batch``, in order; a layer's k-th call is labelled
+    'name#k' (the tape's names)."""
+    import npnet
+    calls, seen = [], {}
+
+    def hook(name):
+        def record(module, args, out):
+            k = seen[name] = seen.get(name, 0) + 1
+            calls.append((npnet.autograd.call_name(name, k), name, tuple(args[0].shape)))
+        return record
+    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules()
+               if n and not m._modules]
+    model.train()
+    model(np.zeros((batch, 1, 28, 28), np.float32))
+    for h in handles:
+        h.remove()
+    return calls
+
+
+def compare_layers(workers, rounds, batch, steps):
+    """Each layer call alone, in both workers in turns: a row per call and their sums."""
+    print(f"\n{'layer call, batch ' + str(batch):<26}{'input':<20}{'npnet ms':>10}"
+          f"{'torch ms':>10}{'ratio':>8}{'min':>7}{'max':>7}   (forward + backward, "
+          f"median over {rounds} rounds; ratio = torch time / npnet time)")
+    rows, sums = [], {"npnet": 0.0, "torch": 0.0}
+    for i, (label, name, shape) in enumerate(layer_calls(models_resnet(), batch)):
+        t = _rounds(workers, rounds, lambda w: w("layer", name=name, shape=shape,
+                                                  grad_in=i > 0, reps=steps))
+        ratios = [b / a for a, b in zip(t["npnet"], t["torch"])]
+        ms = {k: float(np.median(v)) * 1e3 for k, v in t.items()}
+        for k in sums:
+            sums[k] += ms[k]
+        print(f"{label:<26}{str(shape[1:]):<20}{ms['npnet']:>10.2f}{ms['torch']:>10.2f}"
+              f"{np.median(ratios):>8.2f}{min(ratios):>7.2f}{max(ratios):>7.2f}", flush=True)
+        rows.append({"call": label, "input_shape": shape, "npnet_s": t["npnet"],
+                     "torch_s": t["torch"], "ratio": ratios})
+    print(f"{'sum of the calls':<46}{sums['npnet']:>10.2f}{sums['torch']:>10.2f}"
+          f"{sums['torch'] / sums['npnet']:>8.2f}")
+    return rows
+
+
+def models_resnet():
+    from npnet import models
+    return models.resnet(rng=np.random.default_rng(SEED))
+
+
+def compare_models(workers, rounds, batches, steps):
+    """The whole model: training at each batch size, then inference at batch 1,000."""
+    for w in workers:                             # warm-up: compile, fill the caches
+        for b in batches:
+            w("train", batch=b, steps=2)
+        w("infer", batch=1000, steps=1)
+    print(f"\n{'ResNet':<26}{'npnet img/s':>12}{'torch img/s':>12}"
+          f"{'ratio':>9}{'min':>8}{'max':>8}   (median over {rounds} rounds)")
+    rows = [compare(workers, rounds, f"train, batch {b}", "train", b * steps, batch=b,
+                    steps=steps) for b in batches]
+    rows.append(compare(workers, rounds, "inference, batch 1000", "infer", 1000 * 2,
+                        batch=1000, steps=2))
+    return rows
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=5)
@@ -124,6 +230,8 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=None,
                     help="threads for both (default: npnet's default, every core)")
     ap.add_argument("--json", metavar="FILE", help="write the figures to FILE")
+    ap.add_argument("--layers", action="store_true",
+                    help="time each layer call alone instead of the whole model")
     ap.add_argument("--worker", choices=["npnet", "torch"], help=argparse.SUPPRESS)
     ap.add_argument("--files", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -136,7 +244,7 @@ def main(argv=None):
     tmp = tempfile.TemporaryDirectory(prefix="npnet-bench-")
     files = {k: os.path.join(tmp.name, f) for k, f in
              (("init", "init.npz"), ("data", "mnist.npz"), ("twin", "twin.py"))}
-    np.savez(files["init"], **models.resnet(rng=np.random.default_rng(SEED)).state_dict())
+    np.savez(files["init"], **models_resnet().state_dict())
     source = inspect.getsource(models.BasicBlock) + "\n\n" + inspect.getsource(models.ResNet)
     assert source.count(ADD_NPNET) == 1
     with open(files["twin"], "w") as f:
@@ -148,21 +256,15 @@ def main(argv=None):
              y=labels[order].astype(np.int64))
     workers = [Process(kind, __file__, ["--worker", kind, "--files", json.dumps(files)], threads)
                for kind in ("npnet", "torch")]
-    results = {"threads": threads, "rounds": args.rounds, "steps": args.steps, "rows": []}
+    results = {"threads": threads, "rounds": args.rounds, "steps": args.steps}
     try:
         results["npnet_info"], results["torch_info"] = (w("describe") for w in workers)
         print(f"npnet {results['npnet_info']}\ntorch {results['torch_info']}")
-        for w in workers:                         # warm-up: compile, fill the caches
-            for b in args.batches:
-                w("train", batch=b, steps=2)
-            w("infer", batch=1000, steps=1)
-        print(f"\n{'ResNet':<26}{'npnet img/s':>12}{'torch img/s':>12}"
-              f"{'ratio':>9}{'min':>8}{'max':>8}   (median over {args.rounds} rounds)")
-        for b in args.batches:
-            results["rows"].append(compare(workers, args.rounds, f"train, batch {b}", "train",
-                                           b * args.steps, batch=b, steps=args.steps))
-        results["rows"].append(compare(workers, args.rounds, "inference, batch 1000",
-                                       "infer", 1000 * 2, batch=1000, steps=2))
+        if args.layers:
+            results["layers"] = compare_layers(workers, args.rounds, args.batches[0],
+                                               args.steps)
+        else:
+            results["rows"] = compare_models(workers, args.rounds, args.batches, args.steps)
     finally:
         for w in workers:
             w.close()
