@@ -87,6 +87,39 @@ def test_relu_gradient_is_zero_where_the_unit_is_off_even_for_inf_and_nan(to_tor
     np.testing.assert_array_equal(layer.backward(g2), g2 * (x2 > 0))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_relu_forward_gives_np_maximums_bits_on_either_path(dtype, rng, to_torch,
+                                                             monkeypatch):
+    """From PARALLEL_SIZE elements on, ReLU's forward runs relu_forward on npnet's threads,
+    below it np.maximum: the same bits either way (NaN kept with its sign, -0 made +0,
+    infinities and the smallest subnormals), for C-ordered and transposed inputs, and the
+    same values as torch's relu."""
+    from npnet.kernels import activation as kernels
+    from npnet.layers import activation as layers
+    calls = []
+
+    def spy(x, y):
+        calls.append(x.size)
+        return kernels.relu_forward(x, y)
+    monkeypatch.setattr(layers, "relu_forward", spy)
+    tiny = np.finfo(dtype).smallest_subnormal
+    special = np.array([np.nan, -np.nan, -0.0, 0.0, -1.0, 1.0, np.inf, -np.inf, tiny, -tiny],
+                       dtype)
+    bits = np.uint32 if dtype == np.float32 else np.uint64
+    n = kernels.PARALLEL_SIZE
+    for rows, threaded in ((4, False), (8, True)):                  # n/2 and n elements
+        x = rng.standard_normal((rows, n // 8)).astype(dtype)
+        x.reshape(-1)[:special.size] = special
+        for a in (x, x.T):
+            calls.clear()
+            y = ReLU()(a)
+            assert calls == ([a.size] if threaded else [])
+            expected = np.maximum(a, 0)
+            assert y.shape == a.shape and y.dtype == dtype
+            np.testing.assert_array_equal(y.view(bits), expected.view(bits))
+            np.testing.assert_array_equal(y, torch.relu(torch.from_numpy(a)).numpy())
+
+
 def test_tanh_hand_case():
     x = np.array([0.0, np.log(3.0) / 2, -np.log(3.0) / 2])      # tanh = 0, 1/2, -1/2
     layer = Tanh()
