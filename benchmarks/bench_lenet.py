@@ -115,7 +115,7 @@ class NpnetWorker:
         return float(np.median(times))
 
     def info(self):
-        return {"threads": self.npnet.threads.policy()}
+        return {"threads": self.npnet.threads.policy(), "malloc": self.npnet.malloc.policy()}
 
 
 class TorchWorker:

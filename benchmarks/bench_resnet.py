@@ -18,7 +18,10 @@ and eval-mode inference at batch 1,000, with the ratio npnet / PyTorch (median, 
 layer that holds no other (conv, batch norm, ReLU, pool, ...; the functional add is not a
 layer in torch's twin), on an input of the shape that call saw at the first of
 ``--batches``, forward then backward with dL/dx (except the first call, whose input is the
-images: neither framework computes their gradient in training).  Each round asks both
+images: neither framework computes their gradient in training).  npnet's layer runs its
+``forward`` and ``backward`` as a model's replay does (called alone, ``layer(x)`` would also
+copy what it keeps of the output it hands back, as npnet/autograd.py says, a copy that
+inside a model only the last layer makes); torch's is called.  Each round asks both
 workers for the median of ``--steps`` such passes, in turns, and the ratio printed is
 PyTorch's time / npnet's (above 1: npnet is faster), so that the convolutions that lose
 can be told from those that win on the machine at hand.
@@ -71,7 +74,7 @@ class Worker:
             self.opt = npnet.optim.SGD(self.model.parameters(), lr=LR, momentum=MOMENTUM)
             self.as_input = lambda a: a
             self.no_grad = contextlib.nullcontext
-            self.info = {"threads": npnet.threads.policy()}
+            self.info = {"threads": npnet.threads.policy(), "malloc": npnet.malloc.policy()}
         self.kind, self.data = kind, files["data"]
 
     def train(self, batch, steps):
@@ -118,11 +121,11 @@ class Worker:
                 x.grad = None
                 m(x).backward(g)
         else:
-            g = rng.standard_normal(m(x).shape).astype(np.float32)
+            g = rng.standard_normal(m.forward(x).shape).astype(np.float32)
 
-            def step():
-                m(x)
-                if grad_in:
+            def step():                           # forward and backward as a model runs
+                m.forward(x)                      # them: m(x), a layer called alone, would
+                if grad_in:                       # copy what it keeps of its output
                     m.backward(g)
                 else:                             # Conv2d's: the images' dL/dx skipped
                     m.backward(g, need_grad_in=False)

@@ -7,6 +7,7 @@ are plain code on ``npnet.nn`` whose backward replays what their forward recorde
 layer of your own, npnet.testing.assert_layer_correct) and against PyTorch (tests/).
 """
 from . import threads  # noqa: F401  (sets the threading policy before any kernel runs)
+from . import malloc  # noqa: F401  (glibc keeps freed memory for the next step: npnet/malloc.py)
 from . import (autograd, checkpoint, data, fusion, hooks, models, nn, onnx,  # noqa: F401
                optim, testing)
 from .gradcheck import GradcheckError, TensorCheck, gradcheck
