@@ -27,7 +27,6 @@ switches off, does not come back).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 
 __all__ = ["keep_freed_memory", "policy"]
 
@@ -39,9 +38,10 @@ _state = None                   # the thresholds npnet set (None: none, or not g
 
 
 def _glibc():
-    """glibc's ``mallopt``, or None where the C library is another."""
+    """glibc's ``mallopt``, or None where the C library is another (the process's own
+    symbols: no search for the library, which would start a subprocess at import)."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None)
+        libc = ctypes.CDLL(None)
         libc.gnu_get_libc_version                    # glibc's alone
         return libc.mallopt
     except (OSError, AttributeError):
