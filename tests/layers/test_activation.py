@@ -88,8 +88,7 @@ def test_relu_gradient_is_zero_where_the_unit_is_off_even_for_inf_and_nan(to_tor
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_relu_forward_gives_np_maximums_bits_on_either_path(dtype, rng, to_torch,
-                                                             monkeypatch):
+def test_relu_forward_gives_np_maximums_bits_on_either_path(dtype, rng, monkeypatch):
     """From PARALLEL_SIZE elements on, ReLU's forward runs relu_forward on npnet's threads,
     below it np.maximum: the same bits either way (NaN kept with its sign, -0 made +0,
     infinities and the smallest subnormals), for C-ordered and transposed inputs, and the
