@@ -183,13 +183,14 @@ def layer_calls(model, batch):
     return calls
 
 
-def compare_layers(workers, rounds, batch, steps):
-    """Each layer call alone, in both workers in turns: a row per call and their sums."""
+def compare_layers(workers, model, rounds, batch, steps):
+    """Each layer call of ``model`` (the workers' ResNet) alone, in both workers in turns:
+    a row per call and their sums."""
     print(f"\n{'layer call, batch ' + str(batch):<26}{'input':<20}{'npnet ms':>10}"
           f"{'torch ms':>10}{'ratio':>8}{'min':>7}{'max':>7}   (forward + backward, "
           f"median over {rounds} rounds; ratio = torch time / npnet time)")
     rows, sums = [], {"npnet": 0.0, "torch": 0.0}
-    for i, (label, name, shape) in enumerate(layer_calls(models_resnet(), batch)):
+    for i, (label, name, shape) in enumerate(layer_calls(model, batch)):
         t = _rounds(workers, rounds, lambda w: w("layer", name=name, shape=shape,
                                                   grad_in=i > 0, reps=steps))
         ratios = [b / a for a, b in zip(t["npnet"], t["torch"])]
@@ -203,11 +204,6 @@ def compare_layers(workers, rounds, batch, steps):
     print(f"{'sum of the calls':<46}{sums['npnet']:>10.2f}{sums['torch']:>10.2f}"
           f"{sums['torch'] / sums['npnet']:>8.2f}")
     return rows
-
-
-def models_resnet():
-    from npnet import models
-    return models.resnet(rng=np.random.default_rng(SEED))
 
 
 def compare_models(workers, rounds, batches, steps):
@@ -247,7 +243,8 @@ def main(argv=None):
     tmp = tempfile.TemporaryDirectory(prefix="npnet-bench-")
     files = {k: os.path.join(tmp.name, f) for k, f in
              (("init", "init.npz"), ("data", "mnist.npz"), ("twin", "twin.py"))}
-    np.savez(files["init"], **models_resnet().state_dict())
+    model = models.resnet(rng=np.random.default_rng(SEED))         # the workers' weights
+    np.savez(files["init"], **model.state_dict())
     source = inspect.getsource(models.BasicBlock) + "\n\n" + inspect.getsource(models.ResNet)
     assert source.count(ADD_NPNET) == 1
     with open(files["twin"], "w") as f:
@@ -264,8 +261,8 @@ def main(argv=None):
         results["npnet_info"], results["torch_info"] = (w("describe") for w in workers)
         print(f"npnet {results['npnet_info']}\ntorch {results['torch_info']}")
         if args.layers:
-            results["layers"] = compare_layers(workers, args.rounds, args.batches[0],
-                                               args.steps)
+            results["layers"] = compare_layers(workers, model, args.rounds,
+                                               args.batches[0], args.steps)
         else:
             results["rows"] = compare_models(workers, args.rounds, args.batches, args.steps)
     finally:
