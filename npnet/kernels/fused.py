@@ -6,11 +6,11 @@ each a pass over a batch-sized array in memory.  These kernels do the whole bloc
 a chunk of S samples while its arrays sit in the core's cache, with ``prange`` over the
 chunks: a thread writes only its own chunks' outputs (no races), and the chunks are
 fixed by S, not by the threads, so every value is computed by the same operations
-whatever the thread count.  The S samples are laid side by side (each padded sample Wq
-wide: W + 2*pw rounded up to even, ``padded_width``) and go through each matmul together:
-longer rows, faster loops (S from ``chunk_size``).
+whatever the thread count.  The S samples are laid side by side, sharing their zero
+padding (each takes Wq columns, about W + pw: ``row_layout``), and go through each matmul
+together: longer rows, faster loops (S from ``chunk_size``).
 
-**No im2col.**  Pad the samples into ``xp`` (C, Hp, Wc), Wc = S*Wq, and read it as one
+**No im2col.**  Pad the samples into ``xp`` (C, Hp, Wc), Wc = S*Wq + Wt, and read it as one
 flat array.  Compute the output on the padded width ("wide" positions p' = oh*Wc + ow,
 with ow < Wc instead of OW): the receptive-field entry (c, i, j) of position p' is then
 ``xp[c*Hp*Wc + i*Wc + j + p']``, so row k = (c, i, j) of the column matrix is the
@@ -65,15 +65,15 @@ def _copy(src, s0, dst, d0, n):
 
 
 @njit(cache=True, nogil=True)
-def _pad_chunk(x, n0, S, ph, pw, Wq, xp):
-    """Flat xp (C, Hp, S*Wq) <- samples n0..n0+S-1 side by side, each zero-padded.
+def _pad_chunk(x, n0, S, ph, pw, Wq, Wc, xp):
+    """Flat xp (C, Hp, Wc) <- samples n0..n0+S-1 side by side, each zero-padded: sample
+    s's columns start at s*Wq + pw (``row_layout``).
 
-    x must be C-contiguous.  Wq >= W + 2*pw is the width a padded sample takes
-    (``padded_width``).  The border (and the gaps between samples) must already be zero.
+    x must be C-contiguous.  The border (and the gaps between samples) must already be
+    zero.
     """
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
     Hp = H + 2 * ph
-    Wc = S * Wq
     xf = x.reshape(x.size)
     for s in range(S):
         for c in range(C):
@@ -215,12 +215,11 @@ def _gemm_tn_shift_acc(at, g, off, L, block, dxp):
 
 
 @njit(cache=True, nogil=True, fastmath=_FM)
-def _grad_input(w2t, gz, off, L, ph, pw, Hp, Wq, n0, Sc, grad_in):
+def _grad_input(w2t, gz, off, L, ph, pw, Hp, Wq, Wc, n0, Sc, grad_in):
     """grad_in[n0 : n0 + Sc] = dL/dx of one chunk, from gz (F, L) = dL/dz on its wide
     positions: dL/dxp = the rows of W2.T @ gz added at their offsets, then each sample's
     unpadded part of dL/dxp (the padding's share is dropped, as in col2im)."""
     C, H, W = grad_in.shape[1], grad_in.shape[2], grad_in.shape[3]
-    Wc = Sc * Wq
     dxp = np.zeros(C * Hp * Wc, dtype=gz.dtype)            # dL/dxp
     block = np.empty((4, L), dtype=gz.dtype)
     _gemm_tn_shift_acc(w2t, gz, off, L, block, dxp)        # (K, F) @ (F, L), added at off
@@ -244,14 +243,14 @@ def _offsets(C, kh, kw, Hp, Wp):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _chunk(ci, S, N, C, kh, kw, Hp, Wq, OH, OW, off_full, xps):
+def _chunk(ci, S, N, C, kh, kw, Hp, Wq, Wt, OH, OW, off_full, xps):
     """Chunk ci of a batch of N in chunks of S: its first sample n0, its size Sc (the last
-    chunk may be shorter), its rows' width Wc = Sc*Wq, the L wide positions its product
+    chunk may be shorter), its rows' width Wc = Sc*Wq + Wt, the L wide positions its product
     computes, the row offsets (off_full's unless the chunk is shorter) and its padded
     samples, row ci of xps."""
     n0 = ci * S
     Sc = min(S, N - n0)
-    Wc = Sc * Wq
+    Wc = Sc * Wq + Wt
     L = (OH - 1) * Wc + (Sc - 1) * Wq + OW
     off = off_full if Sc == S else _offsets(C, kh, kw, Hp, Wc)
     return n0, Sc, Wc, L, off, xps[ci, :C * Hp * Wc]
@@ -341,20 +340,20 @@ def conv_relu_pool_forward(x, w2, b, kh, kw, ph, pw, OH, OW, S, y, arg, xps):
     """
     N, C, H, W = x.shape
     F = w2.shape[0]
-    Hp, Wq = H + 2 * ph, _width(W, pw)
+    Hp, (Wq, Wt) = H + 2 * ph, _layout(W, pw, OW)
     PH, PW = y.shape[2], y.shape[3]
-    off_full = _offsets(C, kh, kw, Hp, S * Wq)             # for the chunks of S samples
+    off_full = _offsets(C, kh, kw, Hp, S * Wq + Wt)             # for the chunks of S samples
     winners = arg.shape[0] > 0                             # training: backward reads them
     yf, af = y.reshape(y.size), arg.reshape(arg.size)      # flat views, for _copy
     for ci in prange((N + S - 1) // S):
-        n0, Sc, Wc, L, off, xp = _chunk(ci, S, N, C, kh, kw, Hp, Wq, OH, OW, off_full, xps)
+        n0, Sc, Wc, L, off, xp = _chunk(ci, S, N, C, kh, kw, Hp, Wq, Wt, OH, OW, off_full, xps)
         xp[:] = 0
         z = np.empty((F, OH * Wc), dtype=x.dtype)          # OH whole rows of Wc
         v = np.empty(PH * Wc, dtype=x.dtype)               # column winners of one filter
         iv = np.empty(PH * Wc, dtype=np.int8)
         yw = np.empty(PH * Wc // 2, dtype=x.dtype)         # pooled, on the wide rows
         aw = np.empty(PH * Wc // 2, dtype=np.int8)
-        _pad_chunk(x, n0, Sc, ph, pw, Wq, xp)
+        _pad_chunk(x, n0, Sc, ph, pw, Wq, Wc, xp)
         for f in range(F):
             z[f, :] = b[f]
         _gemm_shift(w2, xp, off, L, z)                     # (F, K) @ (K, L)
@@ -389,12 +388,12 @@ def conv_relu_pool_backward(xps, w2t, kh, kw, ph, pw, OH, OW, S, grad_out, y, ar
     N = y.shape[0]
     C, H, W = grad_in.shape[1], grad_in.shape[2], grad_in.shape[3]
     F = w2t.shape[1]
-    Hp, Wq = H + 2 * ph, _width(W, pw)
+    Hp, (Wq, Wt) = H + 2 * ph, _layout(W, pw, OW)
     PH, PW = y.shape[2], y.shape[3]
     zero = grad_out.dtype.type(0)
-    off_full = _offsets(C, kh, kw, Hp, S * Wq)
+    off_full = _offsets(C, kh, kw, Hp, S * Wq + Wt)
     for ci in prange((N + S - 1) // S):
-        n0, Sc, Wc, L, off, xp = _chunk(ci, S, N, C, kh, kw, Hp, Wq, OH, OW, off_full, xps)
+        n0, Sc, Wc, L, off, xp = _chunk(ci, S, N, C, kh, kw, Hp, Wq, Wt, OH, OW, off_full, xps)
         gz = np.zeros((F, L), dtype=y.dtype)               # dL/dz
         # gz: each window's gradient goes to its winner, where the window's max was > 0
         for s in range(Sc):
@@ -415,7 +414,7 @@ def conv_relu_pool_backward(xps, w2t, kh, kw, ph, pw, OH, OW, S, grad_out, y, ar
                 db_n[n, f] = t
         _gemm_nt_shift(gz, xp, off, L, dw_c[ci])           # (F, L) @ (L, K) -> (F, K)
         if need_grad_in:
-            _grad_input(w2t, gz, off, L, ph, pw, Hp, Wq, n0, Sc, grad_in)
+            _grad_input(w2t, gz, off, L, ph, pw, Hp, Wq, Wc, n0, Sc, grad_in)
     return dw_c, db_n, grad_in
 
 
@@ -428,13 +427,13 @@ def conv_forward(x, w2, b, kh, kw, ph, pw, OH, OW, S, y, xps):
     ``oh*Wc + s*Wq``.  The chunks' padded samples go to ``xps`` for the backward."""
     N, C, H, W = x.shape
     F = w2.shape[0]
-    Hp, Wq = H + 2 * ph, _width(W, pw)
-    off_full = _offsets(C, kh, kw, Hp, S * Wq)
+    Hp, (Wq, Wt) = H + 2 * ph, _layout(W, pw, OW)
+    off_full = _offsets(C, kh, kw, Hp, S * Wq + Wt)
     yf = y.reshape(y.size)                                 # flat, for _copy
     for ci in prange((N + S - 1) // S):
-        n0, Sc, Wc, L, off, xp = _chunk(ci, S, N, C, kh, kw, Hp, Wq, OH, OW, off_full, xps)
+        n0, Sc, Wc, L, off, xp = _chunk(ci, S, N, C, kh, kw, Hp, Wq, Wt, OH, OW, off_full, xps)
         xp[:] = 0
-        _pad_chunk(x, n0, Sc, ph, pw, Wq, xp)
+        _pad_chunk(x, n0, Sc, ph, pw, Wq, Wc, xp)
         z = np.empty((F, L), dtype=x.dtype)
         for f in range(F):
             z[f, :] = b[f]
@@ -456,11 +455,11 @@ def conv_backward(xps, w2t, kh, kw, ph, pw, OH, OW, S, grad_out, dw_c, grad_in,
     if need_grad_in, dL/dx into grad_in (N, C, H, W) (else (0, C, H, W), for its shape)."""
     N, F = grad_out.shape[0], grad_out.shape[1]
     C, H, W = grad_in.shape[1], grad_in.shape[2], grad_in.shape[3]
-    Hp, Wq = H + 2 * ph, _width(W, pw)
-    off_full = _offsets(C, kh, kw, Hp, S * Wq)
+    Hp, (Wq, Wt) = H + 2 * ph, _layout(W, pw, OW)
+    off_full = _offsets(C, kh, kw, Hp, S * Wq + Wt)
     gf = grad_out.reshape(grad_out.size)                   # flat, for _copy
     for ci in prange((N + S - 1) // S):
-        n0, Sc, Wc, L, off, xp = _chunk(ci, S, N, C, kh, kw, Hp, Wq, OH, OW, off_full, xps)
+        n0, Sc, Wc, L, off, xp = _chunk(ci, S, N, C, kh, kw, Hp, Wq, Wt, OH, OW, off_full, xps)
         gz = np.zeros((F, L), dtype=grad_out.dtype)        # dL/dz on the wide positions,
         gzf = gz.reshape(gz.size)                          # 0 where no output is
         for s in range(Sc):
@@ -470,7 +469,7 @@ def conv_backward(xps, w2t, kh, kw, ph, pw, OH, OW, S, grad_out, dw_c, grad_in,
                           OW)
         _gemm_nt_shift(gz, xp, off, L, dw_c[ci])           # (F, L) @ (L, K) -> (F, K)
         if need_grad_in:
-            _grad_input(w2t, gz, off, L, ph, pw, Hp, Wq, n0, Sc, grad_in)
+            _grad_input(w2t, gz, off, L, ph, pw, Hp, Wq, Wc, n0, Sc, grad_in)
     return dw_c, grad_in
 
 
@@ -509,21 +508,34 @@ def tasks(N, S):
     return -(-N // S)
 
 
-def padded_width(W, pw):
-    """The width a padded sample takes in a chunk: W + 2*pw rounded up to even, so that
-    every sample's 2x2 windows start at an even column of the chunk's rows."""
-    Wp = W + 2 * pw
-    return Wp + Wp % 2
+def row_layout(W, pw, OW):
+    """(Wq, Wt): how a chunk lays its samples side by side.  Sample s's padded columns
+    start at s*Wq, and Wt zero columns follow the last: a chunk of S samples has rows of
+    S*Wq + Wt.
+
+    Neighbours share their zero padding: the pw zeros after a sample are the pw zeros
+    before the next, so Wq needs only W + pw columns, the sample and one side's padding.
+    Wq is at least OW too, so that a sample's outputs do not run into the next one's
+    (when pw > kw - 1).  Wt is what the last sample's right padding needs beyond Wq.
+    Both are rounded up to even, so that every sample's 2x2 windows start at an even
+    column of the chunk's rows (the fused kernels' pool).
+    """
+    Wq = max(W + pw, OW)
+    Wq += Wq % 2
+    Wt = max(0, W + 2 * pw - Wq)
+    return Wq, Wt + Wt % 2
 
 
-_width = njit(cache=True, nogil=True)(padded_width)     # the same, for the kernels
+_layout = njit(cache=True, nogil=True)(row_layout)      # the same, for the kernels
 
 
-def padded_shape(x_shape, ph, pw, S):
-    """The shape of ``xps`` for an input of ``x_shape``: one row per chunk of S samples,
-    holding the chunk's C padded planes of (H + 2*ph) rows of S padded samples each."""
+def padded_shape(x_shape, kw, ph, pw, S):
+    """The shape of ``xps`` for an input of ``x_shape`` and a kernel kw wide: one row per
+    chunk of S samples, holding the chunk's C padded planes of (H + 2*ph) rows of the S
+    samples side by side (``row_layout``)."""
     N, C, H, W = x_shape
-    return (tasks(N, S), C * (H + 2 * ph) * S * padded_width(W, pw))
+    Wq, Wt = row_layout(W, pw, out_size(W, kw, 1, pw))
+    return (tasks(N, S), C * (H + 2 * ph) * (S * Wq + Wt))
 
 
 def chunk_size(H, W, kh, kw, ph, pw, target=1800):
@@ -537,6 +549,7 @@ def chunk_size(H, W, kh, kw, ph, pw, target=1800):
     (2 -> 8) 7-10%; 8 is the cap because 12 and 16 were no faster.  Results depend on S
     (it sets which partial sums are formed) but not on the thread count.
     """
-    Wq = padded_width(W, pw)
-    L = (out_size(H, kh, 1, ph) - 1) * Wq + out_size(W, kw, 1, pw)   # a row's length
+    OW = out_size(W, kw, 1, pw)
+    Wq, Wt = row_layout(W, pw, OW)
+    L = (out_size(H, kh, 1, ph) - 1) * (Wq + Wt) + OW    # one sample's row length
     return max(1, min(8, target // L))

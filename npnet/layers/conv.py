@@ -155,7 +155,7 @@ class Conv2d(Module):
             # the shifted product on the padded samples: the fused layer's kernel without
             # its ReLU and pool (docs/layers/fused.md)
             S = shifted.chunk_size(*x.shape[2:], kh, kw, ph, pw)
-            xps = np.empty(shifted.padded_shape(x.shape, ph, pw, S), x.dtype)
+            xps = np.empty(shifted.padded_shape(x.shape, kw, ph, pw, S), x.dtype)
             kernel = shifted.conv_forward if shifted.tasks(N, S) > 1 \
                 else shifted.conv_forward_serial              # one chunk: no thread pool
             y = kernel(x, w2, np.zeros(F, x.dtype), kh, kw, ph, pw, OH, OW, S,

@@ -108,7 +108,7 @@ class ConvReLUMaxPool2d(Module):
         training = conv.training
         arg = np.empty((N if training else 0, F, PH, PW), dtype=np.int8)
         S = chunk_size(x.shape[2], x.shape[3], kh, kw, ph, pw)    # samples per task
-        xps = np.empty(padded_shape(x.shape, ph, pw, S), dtype=x.dtype)  # x, padded
+        xps = np.empty(padded_shape(x.shape, kw, ph, pw, S), dtype=x.dtype)  # x, padded
         # one chunk (an image or two): the kernel's twin without the thread pool (its
         # docstring says why); the same operations, so the same result
         kernel = conv_relu_pool_forward if tasks(N, S) > 1 else conv_relu_pool_forward_serial

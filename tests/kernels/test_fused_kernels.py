@@ -9,7 +9,8 @@ import pytest
 from npnet.kernels.fused import (chunk_size, conv_backward, conv_backward_serial, conv_forward,
                                  conv_forward_serial, conv_relu_pool_backward,
                                  conv_relu_pool_backward_serial, conv_relu_pool_forward,
-                                 conv_relu_pool_forward_serial, padded_shape, tasks)
+                                 conv_relu_pool_forward_serial, padded_shape, row_layout,
+                                 tasks)
 from npnet.kernels.reference import conv_relu_pool_backward_ref, conv_relu_pool_forward_ref
 
 # (N, C, F, H, W, kh, kw, ph, pw)
@@ -21,6 +22,7 @@ GEOMETRIES = {
     "k1_single_sample": (1, 4, 3, 6, 6, 1, 1, 0, 0),
     "map_2x2_exactly": (2, 3, 9, 6, 6, 5, 5, 0, 0),
     "k4_big_pad": (2, 2, 4, 5, 5, 4, 4, 3, 3),
+    "pad_wider_than_k2": (3, 2, 3, 5, 6, 2, 2, 0, 2),   # outputs wider than W + pw
 }
 
 
@@ -40,7 +42,7 @@ def _forward(x, weight, bias, ph, pw, S=1, winners=True, kernel=conv_relu_pool_f
     OH, OW = x.shape[2] + 2 * ph - kh + 1, x.shape[3] + 2 * pw - kw + 1
     y = np.full((N, F, OH // 2, OW // 2), np.nan, dtype=np.float32)
     arg = np.full(y.shape if winners else (0, *y.shape[1:]), -1, dtype=np.int8)
-    xps = np.full(padded_shape(x.shape, ph, pw, S), np.nan, dtype=np.float32)  # all set
+    xps = np.full(padded_shape(x.shape, kw, ph, pw, S), np.nan, dtype=np.float32)  # all set
     kernel(x, weight.reshape(F, -1), bias, kh, kw, ph, pw, OH, OW, S, y, arg, xps)
     return y, arg, xps
 
@@ -91,17 +93,25 @@ def test_backward_matches_reference(geom, S, need_grad_in):
 @pytest.mark.parametrize("S", CHUNKS, ids=[f"S{s}" for s in CHUNKS])
 def test_the_padded_chunks_are_the_input_zero_padded_side_by_side(geom, S):
     """What the forward keeps for the backward instead of x: row c of xps is chunk c's
-    samples, each zero-padded to (H + 2ph, Wq) with Wq = W + 2pw rounded up to even, laid
-    side by side in every plane; a last, shorter chunk fills the start of its row."""
+    samples side by side in every plane, sample s's columns from s*Wq + pw, zeros
+    elsewhere, neighbours sharing their padding; a last, shorter chunk fills the start of
+    its row."""
     x, weight, bias = _draw(np.random.default_rng(3), *geom)
-    (N, C, H, W), ph, pw = x.shape, geom[7], geom[8]
+    (N, C, H, W), kw, ph, pw = x.shape, geom[6], geom[7], geom[8]
+    OW = W + 2 * pw - kw + 1
+    Wq, Wt = row_layout(W, pw, OW)
+    # the layout's promises: a sample and one side's zeros fit in Wq, its outputs too (they
+    # must not run into the next sample's), the last sample's right padding fits in Wt,
+    # and every sample starts at an even column (the pool's windows); no wider than that
+    assert Wq >= W + pw and Wq >= OW and Wq + Wt >= W + 2 * pw
+    assert Wq % 2 == 0 and Wt % 2 == 0 and Wq - max(W + pw, OW) < 2 and Wt < pw + 2
     _, _, xps = _forward(x, weight, bias, ph, pw, S)
-    Wq = W + 2 * pw + (W + 2 * pw) % 2
-    padded = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, Wq - W - pw)))     # (N, C, Hp, Wq)
     for c in range(-(-N // S)):
-        part = padded[c * S:(c + 1) * S]                                   # (Sc, C, Hp, Wq)
-        want = part.transpose(1, 2, 0, 3).reshape(-1)                      # (C, Hp, Sc*Wq)
-        np.testing.assert_array_equal(xps[c, :want.size], want)
+        part = x[c * S:(c + 1) * S]
+        want = np.zeros((C, H + 2 * ph, len(part) * Wq + Wt), np.float32)
+        for s, sample in enumerate(part):
+            want[:, ph:ph + H, s * Wq + pw:s * Wq + pw + W] = sample
+        np.testing.assert_array_equal(xps[c, :want.size], want.reshape(-1))
 
 
 def test_ties_go_to_the_first_maximum_and_nan_wins():
@@ -213,7 +223,7 @@ def test_the_unfused_convolution_s_serial_twins_compute_the_same_bits(N):
     outs = []
     for fwd, bwd in ((conv_forward, conv_backward), (conv_forward_serial, conv_backward_serial)):
         y = np.full((N, F, 9, 7), np.nan, dtype=np.float32)
-        xps = np.full(padded_shape(x.shape, 1, 1, S), np.nan, dtype=np.float32)
+        xps = np.full(padded_shape(x.shape, 3, 1, 1, S), np.nan, dtype=np.float32)
         fwd(x, w2, bias, 3, 3, 1, 1, 9, 7, S, y, xps)
         g = np.linspace(-1, 1, y.size, dtype=np.float32).reshape(y.shape)
         dw_c = np.full((tasks(N, S), F, K), np.nan, dtype=np.float32)
