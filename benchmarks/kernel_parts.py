@@ -73,16 +73,17 @@ def _chunk0(N, C, H, W, kh, kw, ph, pw, OH, OW, S, xps):
 
 @njit(nogil=True)
 def _forward_products(reps, w2, xp, off, L, z):
+    zf, zoff = z.reshape(z.size), np.arange(z.shape[0]) * z.shape[1]
     for _ in range(reps):
-        K._gemm_shift(w2, xp, off, L, z)
+        K._gemm_shift(w2, xp, off, L, zf, zoff)
 
 
 @njit(nogil=True)
-def _backward_products(reps, gz, xp, off, L, dw, w2t, block, dxp, need_grad_in):
+def _backward_products(reps, gz, xp, off, L, dw, w2t, off_g, C, dxp, need_grad_in):
     for _ in range(reps):
         K._gemm_nt_shift(gz, xp, off, L, dw)
         if need_grad_in:
-            K._gemm_tn_shift_acc(w2t, gz, off, L, block, dxp)
+            K._gemm_tn_shift_acc(w2t, gz, off_g, L, C, dxp)
 
 
 def _operands(caught, i):
@@ -97,24 +98,25 @@ def _operands(caught, i):
     cols = np.stack([xp[o:o + L] for o in off])              # (K, L), written out
     gz = np.random.default_rng(0).standard_normal((w2.shape[0], L)).astype(x.dtype)
     return dict(fwd_args=fwd_args, bwd_args=bwd_args, Sc=Sc, L=L, off=off, xp=xp,
-                cols=cols, gz=gz, w2=w2, w2t=bwd_args[1], need_grad_in=bwd_args[-1])
+                cols=cols, gz=gz, w2=w2, w2t=bwd_args[1], need_grad_in=bwd_args[-1],
+                C=C, off_g=K._grad_offsets(off, C, kh, kw))    # dL/dx's rows: (i, j, c)
 
 
 def same_arithmetic(ops):
     """Check that npnet's blocked products and OpenBLAS's matmul of the written-out
     columns compute the same sums (float32 rounding apart), so that the table's columns
     time the same arithmetic; an AssertionError naming the product if not."""
-    w2, w2t, xp, off, L, cols, gz = (ops[k] for k in ("w2", "w2t", "xp", "off", "L",
-                                                      "cols", "gz"))
+    w2, w2t, xp, off, L, cols, gz, C, off_g = (
+        ops[k] for k in ("w2", "w2t", "xp", "off", "L", "cols", "gz", "C", "off_g"))
     z = np.zeros((w2.shape[0], L), dtype=xp.dtype)
-    K._gemm_shift(w2, xp, off, L, z)
+    _forward_products(1, w2, xp, off, L, z)
     dw = np.empty((w2.shape[0], off.size), dtype=xp.dtype)
     K._gemm_nt_shift(gz, xp, off, L, dw)
-    dxp, block = np.zeros_like(xp), np.empty((4, L), dtype=xp.dtype)
-    K._gemm_tn_shift_acc(w2t, gz, off, L, block, dxp)
+    dxp = np.zeros_like(xp)
+    K._gemm_tn_shift_acc(w2t, gz, off_g, L, C, dxp)
     scattered = np.zeros(xp.shape, np.float64)     # OpenBLAS's product, then the scatter
     for k, row in enumerate(w2t @ gz):
-        scattered[off[k]:off[k] + L] += row
+        scattered[off_g[k]:off_g[k] + L] += row
     # float32 sums of at most a few hundred terms of size ~1 (dL/dx: 25 such sums
     # added per pixel): rounding stays far below 1e-4 of the values
     for name, ours, blas in (("forward", z, w2 @ cols), ("dL/dW", dw, gz @ cols.T),
@@ -137,7 +139,7 @@ def _parts(ops, reps):
     gz_all = np.tile(gz, (1, n_chunks))
     z = np.zeros((F, L), dtype=x.dtype)
     dw = np.empty((F, off.size), dtype=x.dtype)
-    dxp, block = np.zeros_like(xp), np.empty((4, L), dtype=x.dtype)
+    dxp, C, off_g = np.zeros_like(xp), ops["C"], ops["off_g"]
     zb, zb_all = np.empty((F, L), x.dtype), np.empty((F, L * n_chunks), x.dtype)
     db, gb, gb_all = np.empty_like(dw), np.empty((off.size, L), x.dtype), \
         np.empty((off.size, L * n_chunks), x.dtype)
@@ -181,7 +183,7 @@ def _parts(ops, reps):
                                        Sc * n_chunks),
         ("backward", "whole"): (lambda: K.conv_relu_pool_backward(*bwd_args), 0, N),
         ("backward", "ours"): (lambda: _backward_products(reps, gz, xp, off, L, dw, w2t,
-                                                          block, dxp, need_grad_in),
+                                                          off_g, C, dxp, need_grad_in),
                                nb * flop * reps, Sc * reps),
         ("backward", "blas"): (blas_b, nb * flop * reps, Sc * reps),
         ("backward", "blas", "t"): (lambda: blas_b(True), nb * flop * reps, Sc * reps),

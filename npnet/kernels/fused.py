@@ -83,12 +83,20 @@ def _pad_chunk(x, n0, S, ph, pw, Wq, Wc, xp):
 
 
 @njit(cache=True, nogil=True, fastmath=_FM)
-def _gemm_shift(a, xp, off, L, z):
-    """z (M, L) += a (M, K) @ B, row k of B being xp[off[k] : off[k] + L]."""
+def _gemm_shift(a, xp, off, L, z, zoff):
+    """z[zoff[m] : zoff[m] + L] += (a @ B)[m] for every row m of a (M, K), row k of B being
+    xp[off[k] : off[k] + L]; z is flat.
+
+    The forward's z rows lie one after the other (zoff[m] = m * row length); dL/dx's
+    product adds its rows straight into dL/dxp at their offsets (``_gemm_tn_shift_acc``).
+    Rows of z computed in one pass (4, then 2, consecutive ones) must not overlap: the
+    loop is vectorised only where LLVM's run-time check finds them apart.
+    """
     M, K = a.shape
     M4, K4 = M - M % 4, K - K % 4
     for m in range(0, M4, 4):                      # 4 rows x 4 terms per pass over L
-        z0 = z[m]; z1 = z[m + 1]; z2 = z[m + 2]; z3 = z[m + 3]
+        z0 = z[zoff[m]:zoff[m] + L]; z1 = z[zoff[m + 1]:zoff[m + 1] + L]
+        z2 = z[zoff[m + 2]:zoff[m + 2] + L]; z3 = z[zoff[m + 3]:zoff[m + 3] + L]
         for k in range(0, K4, 4):
             b0 = xp[off[k]:off[k] + L]; b1 = xp[off[k + 1]:off[k + 1] + L]
             b2 = xp[off[k + 2]:off[k + 2] + L]; b3 = xp[off[k + 3]:off[k + 3] + L]
@@ -115,7 +123,7 @@ def _gemm_shift(a, xp, off, L, z):
     if M - M4 >= 2:                                # 2 leftover rows (conv1's 6 = 4 + 2):
         M2 += 2                                    # each slice of xp read once for both
         m = M4
-        z0 = z[m]; z1 = z[m + 1]
+        z0 = z[zoff[m]:zoff[m] + L]; z1 = z[zoff[m + 1]:zoff[m + 1] + L]
         for k in range(0, K4, 4):
             b0 = xp[off[k]:off[k] + L]; b1 = xp[off[k + 1]:off[k + 1] + L]
             b2 = xp[off[k + 2]:off[k + 2] + L]; b3 = xp[off[k + 3]:off[k + 3] + L]
@@ -133,7 +141,7 @@ def _gemm_shift(a, xp, off, L, z):
                 z0[p] += a00 * v0
                 z1[p] += a10 * v0
     for m in range(M2, M):                         # a last row: 1 row x 4 terms
-        z0 = z[m]
+        z0 = z[zoff[m]:zoff[m] + L]
         for k in range(0, K4, 4):
             b0 = xp[off[k]:off[k] + L]; b1 = xp[off[k + 1]:off[k + 1] + L]
             b2 = xp[off[k + 2]:off[k + 2] + L]; b3 = xp[off[k + 3]:off[k + 3] + L]
@@ -191,44 +199,51 @@ def _gemm_nt_shift(g, xp, off, L, dw):
 
 
 @njit(cache=True, nogil=True, fastmath=_FM)
-def _gemm_tn_shift_acc(at, g, off, L, block, dxp):
-    """dxp[off[k] : off[k] + L] += (at @ g)[k] for every k: the matmul, then col2im.
+def _gemm_tn_shift_acc(at, g, off, L, C, dxp):
+    """dxp[off[k] : off[k] + L] += (at @ g)[k] for every k: the matmul and col2im in one.
 
-    at (K, M) is W2.T, g (M, >= L) (its first L columns are used).  The product is made
-    four rows at a time in ``block``
-    (4, L), scratch, and each row is added at its offset while it is still in the cache:
-    the whole (K, L) product, larger than a core's cache for conv2, is never written.
+    at (K, M) is W2.T with its rows in the order (i, j, c) (``grad_input_weights``), and
+    off their offsets in that order (``_grad_offsets``); g (M, >= L) (its first L columns
+    are used).  Each row of the product is added straight into dxp, never written on its
+    own.  In that order, rows computed in one pass of ``_gemm_shift`` (4 or 2 consecutive
+    ones) belong to as many channels when C >= 4, so their slices of dxp lie at least a
+    padded plane apart and never overlap (a slice is shorter than a plane).  With fewer
+    channels the rows of one (i, j), C at a time, are multiplied alone.
     """
     K, M = at.shape
     rows = np.arange(M) * g.shape[1]                         # where each row of g starts
     gf = g.reshape(g.size)
-    for k0 in range(0, K, 4):
-        n = min(4, K - k0)
-        part = block[:n]
-        part[:] = 0
-        _gemm_shift(at[k0:k0 + n], gf, rows, L, part)        # (n, M) @ (M, L)
-        for r in range(n):
-            d = dxp[off[k0 + r]:off[k0 + r] + L]
-            src = part[r]
-            for p in range(L):
-                d[p] += src[p]
+    step = K if C >= 4 else C
+    for k0 in range(0, K, step):
+        _gemm_shift(at[k0:k0 + step], gf, rows, L, dxp, off[k0:k0 + step])
 
 
 @njit(cache=True, nogil=True, fastmath=_FM)
 def _grad_input(w2t, gz, off, L, ph, pw, Hp, Wq, Wc, n0, Sc, grad_in):
     """grad_in[n0 : n0 + Sc] = dL/dx of one chunk, from gz (F, L) = dL/dz on its wide
     positions: dL/dxp = the rows of W2.T @ gz added at their offsets, then each sample's
-    unpadded part of dL/dxp (the padding's share is dropped, as in col2im)."""
+    unpadded part of dL/dxp (the padding's share is dropped, as in col2im).  w2t and off
+    in the order (i, j, c) (``_gemm_tn_shift_acc``)."""
     C, H, W = grad_in.shape[1], grad_in.shape[2], grad_in.shape[3]
     dxp = np.zeros(C * Hp * Wc, dtype=gz.dtype)            # dL/dxp
-    block = np.empty((4, L), dtype=gz.dtype)
-    _gemm_tn_shift_acc(w2t, gz, off, L, block, dxp)        # (K, F) @ (F, L), added at off
+    _gemm_tn_shift_acc(w2t, gz, off, L, C, dxp)            # (K, F) @ (F, L), added at off
     gf = grad_in.reshape(grad_in.size)
     for s in range(Sc):
         for c in range(C):
             for h in range(H):
                 _copy(dxp, (c * Hp + h + ph) * Wc + s * Wq + pw,
                       gf, (((n0 + s) * C + c) * H + h) * W, W)
+
+
+@njit(cache=True, nogil=True)
+def _grad_offsets(off, C, kh, kw):
+    """``_offsets``' entries in the order (i, j, c), the rows of ``grad_input_weights``."""
+    out = np.empty_like(off)
+    for c in range(C):
+        for i in range(kh):
+            for j in range(kw):
+                out[(i * kw + j) * C + c] = off[(c * kh + i) * kw + j]
+    return out
 
 
 @njit(cache=True, nogil=True)
@@ -356,8 +371,8 @@ def conv_relu_pool_forward(x, w2, b, kh, kw, ph, pw, OH, OW, S, y, arg, xps):
         _pad_chunk(x, n0, Sc, ph, pw, Wq, Wc, xp)
         for f in range(F):
             z[f, :] = b[f]
-        _gemm_shift(w2, xp, off, L, z)                     # (F, K) @ (K, L)
-        for f in range(F):
+        _gemm_shift(w2, xp, off, L, z.reshape(z.size), np.arange(F) * z.shape[1])
+        for f in range(F):                                 # (F, K) @ (K, L) above
             if winners:                                    # (tested outside the pool's
                 _pool_columns(z[f], Wc, PH, v, iv)         # loops, which must vectorise:
                 _pool_pairs(v, iv, yw, aw)                 # each variant is its own pair
@@ -382,8 +397,9 @@ def conv_relu_pool_backward(xps, w2t, kh, kw, ph, pw, OH, OW, S, grad_out, y, ar
     xps: the padded chunks the forward wrote.  grad_out, y, arg (N, F, PH, PW) -> dw_c
     (ceil(N/S), F, K), one weight gradient per chunk, and db_n (N, F), which the caller
     sums in order; if need_grad_in, grad_in (N, C, H, W) is overwritten with dL/dx (else
-    it is (0, C, H, W): its shape still gives the input's).  w2t is the forward's w2.T, a
-    contiguous (K, F) array; (OH, OW) the convolution's output size, as for the forward.
+    it is (0, C, H, W): its shape still gives the input's).  w2t is the forward's W as
+    ``grad_input_weights`` lays it out, a contiguous (K, F) array; (OH, OW) the
+    convolution's output size, as for the forward.
     """
     N = y.shape[0]
     C, H, W = grad_in.shape[1], grad_in.shape[2], grad_in.shape[3]
@@ -414,7 +430,8 @@ def conv_relu_pool_backward(xps, w2t, kh, kw, ph, pw, OH, OW, S, grad_out, y, ar
                 db_n[n, f] = t
         _gemm_nt_shift(gz, xp, off, L, dw_c[ci])           # (F, L) @ (L, K) -> (F, K)
         if need_grad_in:
-            _grad_input(w2t, gz, off, L, ph, pw, Hp, Wq, Wc, n0, Sc, grad_in)
+            _grad_input(w2t, gz, _grad_offsets(off, C, kh, kw), L, ph, pw, Hp, Wq, Wc,
+                        n0, Sc, grad_in)
     return dw_c, db_n, grad_in
 
 
@@ -437,8 +454,8 @@ def conv_forward(x, w2, b, kh, kw, ph, pw, OH, OW, S, y, xps):
         z = np.empty((F, L), dtype=x.dtype)
         for f in range(F):
             z[f, :] = b[f]
-        _gemm_shift(w2, xp, off, L, z)                     # (F, K) @ (K, L)
         zf = z.reshape(z.size)
+        _gemm_shift(w2, xp, off, L, zf, np.arange(F) * L)  # (F, K) @ (K, L)
         for s in range(Sc):                                # the wide rows' real outputs
             for f in range(F):
                 for oh in range(OH):
@@ -452,7 +469,8 @@ def conv_backward(xps, w2t, kh, kw, ph, pw, OH, OW, S, grad_out, dw_c, grad_in,
                   need_grad_in):
     """Gradients of conv_forward per chunk of S samples: grad_out (N, F, OH, OW) -> dw_c
     (ceil(N/S), F, K), one weight gradient per chunk, which the caller sums in order, and,
-    if need_grad_in, dL/dx into grad_in (N, C, H, W) (else (0, C, H, W), for its shape)."""
+    if need_grad_in, dL/dx into grad_in (N, C, H, W) (else (0, C, H, W), for its shape).
+    w2t: W as ``grad_input_weights`` lays it out."""
     N, F = grad_out.shape[0], grad_out.shape[1]
     C, H, W = grad_in.shape[1], grad_in.shape[2], grad_in.shape[3]
     Hp, (Wq, Wt) = H + 2 * ph, _layout(W, pw, OW)
@@ -469,7 +487,8 @@ def conv_backward(xps, w2t, kh, kw, ph, pw, OH, OW, S, grad_out, dw_c, grad_in,
                           OW)
         _gemm_nt_shift(gz, xp, off, L, dw_c[ci])           # (F, L) @ (L, K) -> (F, K)
         if need_grad_in:
-            _grad_input(w2t, gz, off, L, ph, pw, Hp, Wq, Wc, n0, Sc, grad_in)
+            _grad_input(w2t, gz, _grad_offsets(off, C, kh, kw), L, ph, pw, Hp, Wq, Wc,
+                        n0, Sc, grad_in)
     return dw_c, grad_in
 
 
@@ -506,6 +525,13 @@ def tasks(N, S):
     """The number of chunks of S samples, the kernels' tasks, in a batch of N: the layers
     call a kernel's ``_serial`` twin when it is 1."""
     return -(-N // S)
+
+
+def grad_input_weights(w):
+    """W (F, C, kh, kw) as dL/dx's product reads it: (kh*kw*C, F), row (i*kw + j)*C + c
+    being W[:, c, i, j] (``_gemm_tn_shift_acc`` says why that order); a contiguous copy,
+    which the caller's later changes to W do not reach."""
+    return np.ascontiguousarray(w.transpose(2, 3, 1, 0)).reshape(-1, w.shape[0])
 
 
 def row_layout(W, pw, OW):

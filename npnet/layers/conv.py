@@ -209,7 +209,7 @@ class Conv2d(Module):
         if xps is not None:                              # the shifted product
             kernel = shifted.conv_backward if T > 1 \
                 else shifted.conv_backward_serial             # one chunk: no thread pool
-            kernel(xps, np.ascontiguousarray(w2.T), kh, kw, ph, pw, OH, OW, S,
+            kernel(xps, shifted.grad_input_weights(w), kh, kw, ph, pw, OH, OW, S,
                    g.reshape(N, F, OH, OW), dw_chunks, grad_in, need_grad_in)
         else:
             def chunk(i, s):

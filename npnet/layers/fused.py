@@ -24,7 +24,8 @@ import numpy as np
 
 from ..kernels.fused import (chunk_size, conv_relu_pool_backward,
                              conv_relu_pool_backward_serial, conv_relu_pool_forward,
-                             conv_relu_pool_forward_serial, padded_shape, tasks)
+                             conv_relu_pool_forward_serial, grad_input_weights, padded_shape,
+                             tasks)
 from .activation import ReLU
 from .base import Module, add_grad, check_array, check_dtype, check_grad, no_cache_error, \
     out_size
@@ -113,9 +114,9 @@ class ConvReLUMaxPool2d(Module):
         # docstring says why); the same operations, so the same result
         kernel = conv_relu_pool_forward if tasks(N, S) > 1 else conv_relu_pool_forward_serial
         kernel(x, w2, b, kh, kw, ph, pw, OH, OW, S, y, arg, xps)
-        # backward reads the padded copy the kernel wrote, not x, and W as it is now (W.T,
+        # backward reads the padded copy the kernel wrote, not x, and W as it is now (in
         # the layout dL/dx's product reads, made here: a copy the caller cannot change)
-        self._cache = (xps, x.shape, np.ascontiguousarray(w2.T), w.shape, has_bias, (ph, pw),
+        self._cache = (xps, x.shape, grad_input_weights(w), w.shape, has_bias, (ph, pw),
                        y, arg) if training else None
         return y
 

@@ -9,8 +9,8 @@ import pytest
 from npnet.kernels.fused import (chunk_size, conv_backward, conv_backward_serial, conv_forward,
                                  conv_forward_serial, conv_relu_pool_backward,
                                  conv_relu_pool_backward_serial, conv_relu_pool_forward,
-                                 conv_relu_pool_forward_serial, padded_shape, row_layout,
-                                 tasks)
+                                 conv_relu_pool_forward_serial, grad_input_weights, padded_shape,
+                                 row_layout, tasks)
 from npnet.kernels.reference import conv_relu_pool_backward_ref, conv_relu_pool_forward_ref
 
 # (N, C, F, H, W, kh, kw, ph, pw)
@@ -78,7 +78,7 @@ def test_backward_matches_reference(geom, S, need_grad_in):
     grad_in = np.full(x.shape if need_grad_in else (0, *x.shape[1:]), 7.0, dtype=np.float32)
     w2 = weight.reshape(F, K)
     OH, OW = x.shape[2] + 2 * ph - geom[5] + 1, x.shape[3] + 2 * pw - geom[6] + 1
-    conv_relu_pool_backward(xps, np.ascontiguousarray(w2.T), *geom[5:9], OH, OW, S,
+    conv_relu_pool_backward(xps, grad_input_weights(weight), *geom[5:9], OH, OW, S,
                             grad_out, y, arg, dw_c, db_n, grad_in, need_grad_in)
     dw_ref, db_ref, gin_ref = conv_relu_pool_backward_ref(x, weight, ph, pw, grad_out, y, arg)
     # one weight gradient per chunk of S samples: the reference's per-sample ones summed
@@ -174,7 +174,7 @@ def test_results_do_not_depend_on_the_thread_count():
             dw_c = np.empty((3, 16, 150), np.float32)
             db_n = np.empty((9, 16), np.float32)
             gin = np.empty_like(x)
-            conv_relu_pool_backward(xps, np.ascontiguousarray(w2.T), 5, 5, 0, 0, 10, 10, 4,
+            conv_relu_pool_backward(xps, grad_input_weights(weight), 5, 5, 0, 0, 10, 10, 4,
                                     g, y, arg, dw_c, db_n, gin, True)
             runs.append((y, xps, dw_c, db_n, gin))
     finally:
@@ -196,7 +196,7 @@ def _all_outputs(forward, backward, x, weight, bias, ph, pw, S, winners):
     dw_c = np.full((tasks(N, S), F, w2.shape[1]), np.nan, dtype=np.float32)
     db_n = np.full((N, F), np.nan, dtype=np.float32)
     gin = np.full(x.shape, np.nan, dtype=np.float32)
-    backward(xps, np.ascontiguousarray(w2.T), kh, kw, ph, pw, OH, OW, S, g, y, arg, dw_c,
+    backward(xps, grad_input_weights(weight), kh, kw, ph, pw, OH, OW, S, g, y, arg, dw_c,
              db_n, gin, True)
     return y, arg, xps, dw_c, db_n, gin
 
@@ -228,7 +228,7 @@ def test_the_unfused_convolution_s_serial_twins_compute_the_same_bits(N):
         g = np.linspace(-1, 1, y.size, dtype=np.float32).reshape(y.shape)
         dw_c = np.full((tasks(N, S), F, K), np.nan, dtype=np.float32)
         gin = np.full(x.shape, np.nan, dtype=np.float32)
-        bwd(xps, np.ascontiguousarray(w2.T), 3, 3, 1, 1, 9, 7, S, g, dw_c, gin, True)
+        bwd(xps, grad_input_weights(weight), 3, 3, 1, 1, 9, 7, S, g, dw_c, gin, True)
         outs.append((y, xps, dw_c, gin))
     for a, b in zip(*outs):
         np.testing.assert_array_equal(a, b)
