@@ -31,13 +31,20 @@ def _executor() -> ThreadPoolExecutor:
     return _pool
 
 
-def chunk_size(bytes_per_sample: int, N: int, budget: int = 1 << 20) -> int:
-    """Samples per chunk: as many as fit their scratch arrays in ``budget`` bytes, at
-    least one, at most N: chunks small enough to stay in cache, large enough that a
-    chunk's calls cost little next to its arithmetic.  1 MiB trained the ResNet fastest
-    at batch 128 once its stride-1 convolutions ran without im2col (a step of 138 ms;
-    2 MiB: 138-140, 512 KiB: 137-146, 4 MiB: 149-157; docs/performance.md)."""
-    return max(1, min(N, budget // max(1, bytes_per_sample)))
+def chunk_size(bytes_per_sample: int, N: int, budget: int = 1 << 20,
+               min_chunks: int = 8) -> int:
+    """Samples per chunk: as many as fit their scratch arrays in ``budget`` bytes, and no
+    more than split the batch into ``min_chunks`` chunks; at least one, at most N.
+
+    The budget keeps a chunk's columns in a core's cache and its calls few next to its
+    arithmetic: 1 MiB trained the ResNet fastest at batch 128 once its stride-1
+    convolutions ran without im2col (a step of 138 ms; 2 MiB: 138-140, 512 KiB: 137-146,
+    4 MiB: 149-157).  The least number of chunks shares a batch whose columns are small
+    among the threads (up to 8 of them, the same chunks whatever their number): the
+    ResNet's 1x1 shortcuts at batch 128 fitted in one chunk and ran on one thread
+    (docs/performance.md).
+    """
+    return max(1, min(N, budget // max(1, bytes_per_sample), -(-N // min_chunks)))
 
 
 def run_chunks(fn, N: int, S: int) -> int:
