@@ -205,10 +205,12 @@ def _gemm_tn_shift_acc(at, g, off, L, C, dxp):
     at (K, M) is W2.T with its rows in the order (i, j, c) (``grad_input_weights``), and
     off their offsets in that order (``_grad_offsets``); g (M, >= L) (its first L columns
     are used).  Each row of the product is added straight into dxp, never written on its
-    own.  In that order, rows computed in one pass of ``_gemm_shift`` (4 or 2 consecutive
-    ones) belong to as many channels when C >= 4, so their slices of dxp lie at least a
-    padded plane apart and never overlap (a slice is shorter than a plane).  With fewer
-    channels the rows of one (i, j), C at a time, are multiplied alone.
+    own.  Each row's slice of dxp lies inside its channel's padded plane (it starts at its
+    tap's offset in the plane and ends by the plane's end, as the last row's ends at
+    dxp's), and in that order the rows computed in one pass of ``_gemm_shift`` (4 or 2
+    consecutive ones) belong to as many channels when C >= 4: their slices never
+    overlap.  With fewer channels the rows of one (i, j), C at a time, are multiplied
+    alone.
     """
     K, M = at.shape
     rows = np.arange(M) * g.shape[1]                         # where each row of g starts
@@ -357,7 +359,7 @@ def conv_relu_pool_forward(x, w2, b, kh, kw, ph, pw, OH, OW, S, y, arg, xps):
     F = w2.shape[0]
     Hp, (Wq, Wt) = H + 2 * ph, _layout(W, pw, OW)
     PH, PW = y.shape[2], y.shape[3]
-    off_full = _offsets(C, kh, kw, Hp, S * Wq + Wt)             # for the chunks of S samples
+    off_full = _offsets(C, kh, kw, Hp, S * Wq + Wt)        # for the chunks of S samples
     winners = arg.shape[0] > 0                             # training: backward reads them
     yf, af = y.reshape(y.size), arg.reshape(arg.size)      # flat views, for _copy
     for ci in prange((N + S - 1) // S):

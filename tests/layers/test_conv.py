@@ -124,6 +124,20 @@ def test_one_chunk_of_the_shifted_product_runs_the_serial_twins(N, serial, rng, 
     assert ran == ["conv_forward" + suffix, "conv_backward" + suffix]
 
 
+def test_the_im2col_road_splits_a_batch_into_at_least_eight_chunks(rng, draw, monkeypatch):
+    """Small columns (a 1x1 convolution of stride 2, as the ResNet's shortcuts) fit a whole
+    batch in the chunks' 1 MiB budget; a chunk still holds at most an eighth of the
+    batch, so that the threads share it (``chunks.chunk_size``'s min_chunks)."""
+    counts = []
+    real = npnet.layers.conv.run_chunks
+    monkeypatch.setattr(npnet.layers.conv, "run_chunks",
+                        lambda fn, N, S: counts.append(real(fn, N, S)) or counts[-1])
+    layer = Conv2d(4, 8, 1, stride=2, rng=rng)
+    y = layer(draw((64, 4, 8, 8), np.float32))
+    layer.backward(draw(y.shape, np.float32))
+    assert counts == [8, 8]                        # forward, backward: 8 samples a chunk
+
+
 @pytest.mark.parametrize("k,p,h,w", [(3, 1, 8, 9), (5, 2, 7, 7), (1, 0, 6, 11), (3, 0, 10, 8)],
                          ids=["k3_p1_8x9", "k5_p2_7x7", "k1_p0_6x11", "k3_p0_10x8"])
 def test_shifted_product_equals_im2col(k, p, h, w, rng, draw, monkeypatch, tol32):
