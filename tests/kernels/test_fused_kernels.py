@@ -76,7 +76,6 @@ def test_backward_matches_reference(geom, S, need_grad_in):
     dw_c = np.full((chunks, F, K), np.nan, dtype=np.float32)
     db_n = np.full((N, F), np.nan, dtype=np.float32)
     grad_in = np.full(x.shape if need_grad_in else (0, *x.shape[1:]), 7.0, dtype=np.float32)
-    w2 = weight.reshape(F, K)
     OH, OW = x.shape[2] + 2 * ph - geom[5] + 1, x.shape[3] + 2 * pw - geom[6] + 1
     conv_relu_pool_backward(xps, grad_input_weights(weight), *geom[5:9], OH, OW, S,
                             grad_out, y, arg, dw_c, db_n, grad_in, need_grad_in)
@@ -163,7 +162,6 @@ def test_results_do_not_depend_on_the_thread_count():
     import numba
     rng = np.random.default_rng(2)
     x, weight, bias = _draw(rng, 9, 6, 16, 14, 14, 5, 5, 0, 0)
-    w2 = weight.reshape(16, -1)
     runs = []
     old = numba.get_num_threads()
     try:
