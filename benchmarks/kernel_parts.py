@@ -65,9 +65,9 @@ def _catch(model, crit, x, t):
 
 def _chunk0(N, C, H, W, kh, kw, ph, pw, OH, OW, S, xps):
     """The first chunk's size, wide length, row offsets and padded samples (``_chunk``)."""
-    Hp, (Wq, Wt) = H + 2 * ph, K.row_layout(W, pw, OW)
-    off_full = K._offsets(C, kh, kw, Hp, S * Wq + Wt)
-    _, Sc, _, L, off, xp = K._chunk(0, S, N, C, kh, kw, Hp, Wq, Wt, OH, OW, off_full, xps)
+    Hp, (Wq, Wt) = H + 2 * ph, K.row_layout(W, pw, OW)          # stride 1: one phase
+    off_full = K._offsets(C, kh, kw, 1, 1, Hp, S * Wq + Wt)
+    _, Sc, _, L, off, xp = K._chunk(0, S, N, C, kh, kw, 1, 1, Hp, Wq, Wt, OH, OW, off_full, xps)
     return Sc, L, off, np.ascontiguousarray(xp)
 
 

@@ -1,5 +1,6 @@
 """Fused kernels: convolution + bias + ReLU + 2x2 max-pool, a few samples per task; and
-the same convolution alone (``conv_forward``, ``conv_backward``: Conv2d of stride 1).
+the same convolution alone (``conv_forward``, ``conv_backward``: Conv2d of stride 1 or 2,
+whose input then goes in as its phases, ``_at``).
 
 The layers in ``npnet/layers`` run one operation per call (im2col, matmul, ReLU, pool),
 each a pass over a batch-sized array in memory.  These kernels do the whole block for
@@ -64,22 +65,46 @@ def _copy(src, s0, dst, d0, n):
         dst[b + i] = src[a + i]
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _copy_step(src, s0, ss, dst, d0, ds, n):
+    """dst[d0 + i*ds] = src[s0 + i*ss] for i < n, flat arrays: ``_copy`` with steps, for
+    the columns of one phase (unsigned indices, as there)."""
+    a, b, u, v = np.uint64(s0), np.uint64(d0), np.uint64(ss), np.uint64(ds)
+    for i in range(np.uint64(n)):
+        dst[b + i * v] = src[a + i * u]
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _at(c, r, g, sh, sw, Hs, Ws):
+    """Where pixel (row r, column g) of channel c of a chunk's padded rows lies in xp: in
+    phase plane (c, r % sh, g % sw), Hs rows of Ws, at row r // sh, column g // sw.  With
+    stride 1 there is one plane a channel, and this is (c*Hs + r)*Ws + g."""
+    return ((((c * sh + r % sh) * sw + g % sw) * Hs + r // sh) * Ws + g // sw)
+
+
 @njit(cache=True, nogil=True)
-def _pad_chunk(x, n0, S, ph, pw, Wq, Wc, xp):
-    """Flat xp (C, Hp, Wc) <- samples n0..n0+S-1 side by side, each zero-padded: sample
-    s's columns start at s*Wq + pw (``row_layout``).
+def _pad_chunk(x, n0, S, ph, pw, sh, sw, Hs, Wq, Wc, xp):
+    """Flat xp <- samples n0..n0+S-1 side by side, each zero-padded: sample s's columns
+    start at s*Wq + pw of the chunk's rows (``row_layout``), and pixel (r, g) of those
+    rows goes where ``_at`` says (the phases of stride (sh, sw)).
 
     x must be C-contiguous.  The border (and the gaps between samples) must already be
     zero.
     """
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
-    Hp = H + 2 * ph
+    Ws = Wc // sw
     xf = x.reshape(x.size)
     for s in range(S):
+        g0 = s * Wq + pw                                   # the sample's first column
         for c in range(C):
             for h in range(H):
-                _copy(xf, (((n0 + s) * C + c) * H + h) * W,
-                      xp, (c * Hp + h + ph) * Wc + s * Wq + pw, W)
+                src = (((n0 + s) * C + c) * H + h) * W
+                if sw == 1:                                # one run of W
+                    _copy(xf, src, xp, _at(c, h + ph, g0, sh, 1, Hs, Ws), W)
+                else:                                      # every sw-th column per phase
+                    for w0 in range(min(sw, W)):
+                        _copy_step(xf, src + w0, sw, xp, _at(c, h + ph, g0 + w0, sh, sw, Hs, Ws),
+                                   1, (W - w0 + sw - 1) // sw)
 
 
 @njit(cache=True, nogil=True, fastmath=_FM)
@@ -205,11 +230,11 @@ def _gemm_tn_shift_acc(at, g, off, L, C, dxp):
     at (K, M) is W2.T with its rows in the order (i, j, c) (``grad_input_weights``), and
     off their offsets in that order (``_grad_offsets``); g (M, >= L) (its first L columns
     are used).  Each row of the product is added straight into dxp, never written on its
-    own.  Each row's slice of dxp lies inside its channel's padded plane (it starts at its
-    tap's offset in the plane and ends by the plane's end, as the last row's ends at
-    dxp's), and in that order the rows computed in one pass of ``_gemm_shift`` (4 or 2
-    consecutive ones) belong to as many channels when C >= 4: their slices never
-    overlap.  With fewer channels the rows of one (i, j), C at a time, are multiplied
+    own.  Each row's slice of dxp lies inside its channel's padded plane (or phase plane,
+    ``_at``: it starts at its tap's offset in the plane and ends by the plane's end, as
+    the last row's ends at dxp's), and in that order the rows computed in one pass of
+    ``_gemm_shift`` (4 or 2 consecutive ones) belong to as many channels when C >= 4:
+    their slices never overlap.  With fewer channels the rows of one (i, j), C at a time, are multiplied
     alone.
     """
     K, M = at.shape
@@ -221,20 +246,27 @@ def _gemm_tn_shift_acc(at, g, off, L, C, dxp):
 
 
 @njit(cache=True, nogil=True, fastmath=_FM)
-def _grad_input(w2t, gz, off, L, ph, pw, Hp, Wq, Wc, n0, Sc, grad_in):
+def _grad_input(w2t, gz, off, L, ph, pw, sh, sw, Hs, Wq, Wc, n0, Sc, grad_in):
     """grad_in[n0 : n0 + Sc] = dL/dx of one chunk, from gz (F, L) = dL/dz on its wide
     positions: dL/dxp = the rows of W2.T @ gz added at their offsets, then each sample's
-    unpadded part of dL/dxp (the padding's share is dropped, as in col2im).  w2t and off
-    in the order (i, j, c) (``_gemm_tn_shift_acc``)."""
+    unpadded part of dL/dxp, read back as ``_pad_chunk`` wrote it (the padding's share is
+    dropped, as in col2im).  w2t and off in the order (i, j, c) (``_gemm_tn_shift_acc``)."""
     C, H, W = grad_in.shape[1], grad_in.shape[2], grad_in.shape[3]
-    dxp = np.zeros(C * Hp * Wc, dtype=gz.dtype)            # dL/dxp
+    Ws = Wc // sw
+    dxp = np.zeros(C * sh * Hs * Wc, dtype=gz.dtype)       # dL/dxp
     _gemm_tn_shift_acc(w2t, gz, off, L, C, dxp)            # (K, F) @ (F, L), added at off
     gf = grad_in.reshape(grad_in.size)
     for s in range(Sc):
+        g0 = s * Wq + pw
         for c in range(C):
             for h in range(H):
-                _copy(dxp, (c * Hp + h + ph) * Wc + s * Wq + pw,
-                      gf, (((n0 + s) * C + c) * H + h) * W, W)
+                dst = (((n0 + s) * C + c) * H + h) * W
+                if sw == 1:
+                    _copy(dxp, _at(c, h + ph, g0, sh, 1, Hs, Ws), gf, dst, W)
+                else:
+                    for w0 in range(min(sw, W)):
+                        _copy_step(dxp, _at(c, h + ph, g0 + w0, sh, sw, Hs, Ws), 1, gf,
+                                   dst + w0, sw, (W - w0 + sw - 1) // sw)
 
 
 @njit(cache=True, nogil=True)
@@ -249,28 +281,30 @@ def _grad_offsets(off, C, kh, kw):
 
 
 @njit(cache=True, nogil=True)
-def _offsets(C, kh, kw, Hp, Wp):
-    """off[k] for k = (c*kh + i)*kw + j: where row k of the column matrix starts in xp."""
+def _offsets(C, kh, kw, sh, sw, Hs, Ws):
+    """off[k] for k = (c*kh + i)*kw + j: where row k of the column matrix starts in xp,
+    the place of tap (i, j) of the chunk's first window (``_at``)."""
     off = np.empty(C * kh * kw, dtype=np.int64)
     for c in range(C):
         for i in range(kh):
             for j in range(kw):
-                off[(c * kh + i) * kw + j] = (c * Hp + i) * Wp + j
+                off[(c * kh + i) * kw + j] = _at(c, i, j, sh, sw, Hs, Ws)
     return off
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _chunk(ci, S, N, C, kh, kw, Hp, Wq, Wt, OH, OW, off_full, xps):
+def _chunk(ci, S, N, C, kh, kw, sh, sw, Hs, Wq, Wt, OH, OW, off_full, xps):
     """Chunk ci of a batch of N in chunks of S: its first sample n0, its size Sc (the last
     chunk may be shorter), its rows' width Wc = Sc*Wq + Wt, the L wide positions its product
-    computes, the row offsets (off_full's unless the chunk is shorter) and its padded
-    samples, row ci of xps."""
+    computes (rows of Wc // sw in the phase planes of stride (sh, sw), Hs rows each), the
+    row offsets (off_full's unless the chunk is shorter) and its padded samples, row ci
+    of xps."""
     n0 = ci * S
     Sc = min(S, N - n0)
     Wc = Sc * Wq + Wt
-    L = (OH - 1) * Wc + (Sc - 1) * Wq + OW
-    off = off_full if Sc == S else _offsets(C, kh, kw, Hp, Wc)
-    return n0, Sc, Wc, L, off, xps[ci, :C * Hp * Wc]
+    L = (OH - 1) * (Wc // sw) + (Sc - 1) * (Wq // sw) + OW
+    off = off_full if Sc == S else _offsets(C, kh, kw, sh, sw, Hs, Wc // sw)
+    return n0, Sc, Wc, L, off, xps[ci, :C * sh * Hs * Wc]
 
 
 # -- the 2x2 max-pool of z and its gradient, whole rows at a time -----------------------------
@@ -357,20 +391,21 @@ def conv_relu_pool_forward(x, w2, b, kh, kw, ph, pw, OH, OW, S, y, arg, xps):
     """
     N, C, H, W = x.shape
     F = w2.shape[0]
-    Hp, (Wq, Wt) = H + 2 * ph, _layout(W, pw, OW)
+    Hp, (Wq, Wt) = H + 2 * ph, _layout(W, pw, OW, 1)
     PH, PW = y.shape[2], y.shape[3]
-    off_full = _offsets(C, kh, kw, Hp, S * Wq + Wt)        # for the chunks of S samples
+    off_full = _offsets(C, kh, kw, 1, 1, Hp, S * Wq + Wt)  # for the chunks of S samples
     winners = arg.shape[0] > 0                             # training: backward reads them
     yf, af = y.reshape(y.size), arg.reshape(arg.size)      # flat views, for _copy
     for ci in prange((N + S - 1) // S):
-        n0, Sc, Wc, L, off, xp = _chunk(ci, S, N, C, kh, kw, Hp, Wq, Wt, OH, OW, off_full, xps)
+        n0, Sc, Wc, L, off, xp = _chunk(ci, S, N, C, kh, kw, 1, 1, Hp, Wq, Wt, OH, OW, off_full,
+                                        xps)
         xp[:] = 0
         z = np.empty((F, OH * Wc), dtype=x.dtype)          # OH whole rows of Wc
         v = np.empty(PH * Wc, dtype=x.dtype)               # column winners of one filter
         iv = np.empty(PH * Wc, dtype=np.int8)
         yw = np.empty(PH * Wc // 2, dtype=x.dtype)         # pooled, on the wide rows
         aw = np.empty(PH * Wc // 2, dtype=np.int8)
-        _pad_chunk(x, n0, Sc, ph, pw, Wq, Wc, xp)
+        _pad_chunk(x, n0, Sc, ph, pw, 1, 1, Hp, Wq, Wc, xp)
         for f in range(F):
             z[f, :] = b[f]
         _gemm_shift(w2, xp, off, L, z.reshape(z.size), np.arange(F) * z.shape[1])
@@ -406,12 +441,13 @@ def conv_relu_pool_backward(xps, w2t, kh, kw, ph, pw, OH, OW, S, grad_out, y, ar
     N = y.shape[0]
     C, H, W = grad_in.shape[1], grad_in.shape[2], grad_in.shape[3]
     F = w2t.shape[1]
-    Hp, (Wq, Wt) = H + 2 * ph, _layout(W, pw, OW)
+    Hp, (Wq, Wt) = H + 2 * ph, _layout(W, pw, OW, 1)
     PH, PW = y.shape[2], y.shape[3]
     zero = grad_out.dtype.type(0)
-    off_full = _offsets(C, kh, kw, Hp, S * Wq + Wt)
+    off_full = _offsets(C, kh, kw, 1, 1, Hp, S * Wq + Wt)
     for ci in prange((N + S - 1) // S):
-        n0, Sc, Wc, L, off, xp = _chunk(ci, S, N, C, kh, kw, Hp, Wq, Wt, OH, OW, off_full, xps)
+        n0, Sc, Wc, L, off, xp = _chunk(ci, S, N, C, kh, kw, 1, 1, Hp, Wq, Wt, OH, OW, off_full,
+                                        xps)
         gz = np.zeros((F, L), dtype=y.dtype)               # dL/dz
         # gz: each window's gradient goes to its winner, where the window's max was > 0
         for s in range(Sc):
@@ -432,27 +468,35 @@ def conv_relu_pool_backward(xps, w2t, kh, kw, ph, pw, OH, OW, S, grad_out, y, ar
                 db_n[n, f] = t
         _gemm_nt_shift(gz, xp, off, L, dw_c[ci])           # (F, L) @ (L, K) -> (F, K)
         if need_grad_in:
-            _grad_input(w2t, gz, _grad_offsets(off, C, kh, kw), L, ph, pw, Hp, Wq, Wc,
+            _grad_input(w2t, gz, _grad_offsets(off, C, kh, kw), L, ph, pw, 1, 1, Hp, Wq, Wc,
                         n0, Sc, grad_in)
     return dw_c, db_n, grad_in
 
 
-# -- the convolution alone (Conv2d of stride 1): the same product, no ReLU, no pool ---------
+# -- the convolution alone (Conv2d): the same product, no ReLU, no pool; any stride ---------
 @njit(cache=True, parallel=True, nogil=True)
-def conv_forward(x, w2, b, kh, kw, ph, pw, OH, OW, S, y, xps):
-    """x (N, C, H, W), w2 (F, K), b (F,) -> y (N, F, OH, OW): a convolution of stride 1
-    with zero padding (ph, pw), by the shifted product of ``conv_relu_pool_forward``,
-    whose z is y on the wide positions: each sample's OW outputs of row oh start at
-    ``oh*Wc + s*Wq``.  The chunks' padded samples go to ``xps`` for the backward."""
+def conv_forward(x, w2, b, kh, kw, sh, sw, ph, pw, OH, OW, S, y, xps):
+    """x (N, C, H, W), w2 (F, K), b (F,) -> y (N, F, OH, OW): a convolution of stride
+    (sh, sw) with zero padding (ph, pw), by the shifted product of
+    ``conv_relu_pool_forward``, whose z is y on the wide positions: each sample's OW
+    outputs of row oh start at ``oh*(Wc // sw) + s*(Wq // sw)``.
+
+    A stride of 2 (or more) lays each channel's padded rows out as its sh*sw phases (rows
+    r with the same r % sh, columns g with the same g % sw; ``_at``): tap (i, j) of window
+    (oh, ow) is pixel (oh*sh + i, ow*sw + j), row oh + i // sh and column ow + j // sw of
+    phase (i % sh, j % sw), so row k of the columns is again one contiguous slice, and the
+    product is the stride-1 one on the phase planes, C*kh*kw rows as before.  The chunks'
+    padded samples go to ``xps`` for the backward."""
     N, C, H, W = x.shape
     F = w2.shape[0]
-    Hp, (Wq, Wt) = H + 2 * ph, _layout(W, pw, OW)
-    off_full = _offsets(C, kh, kw, Hp, S * Wq + Wt)
+    Hs, (Wq, Wt) = (H + 2 * ph + sh - 1) // sh, _layout(W, pw, OW, sw)
+    off_full = _offsets(C, kh, kw, sh, sw, Hs, (S * Wq + Wt) // sw)
     yf = y.reshape(y.size)                                 # flat, for _copy
     for ci in prange((N + S - 1) // S):
-        n0, Sc, Wc, L, off, xp = _chunk(ci, S, N, C, kh, kw, Hp, Wq, Wt, OH, OW, off_full, xps)
+        n0, Sc, Wc, L, off, xp = _chunk(ci, S, N, C, kh, kw, sh, sw, Hs, Wq, Wt, OH, OW,
+                                        off_full, xps)
         xp[:] = 0
-        _pad_chunk(x, n0, Sc, ph, pw, Wq, Wc, xp)
+        _pad_chunk(x, n0, Sc, ph, pw, sh, sw, Hs, Wq, Wc, xp)
         z = np.empty((F, L), dtype=x.dtype)
         for f in range(F):
             z[f, :] = b[f]
@@ -461,13 +505,13 @@ def conv_forward(x, w2, b, kh, kw, ph, pw, OH, OW, S, y, xps):
         for s in range(Sc):                                # the wide rows' real outputs
             for f in range(F):
                 for oh in range(OH):
-                    _copy(zf, f * L + oh * Wc + s * Wq, yf, (((n0 + s) * F + f) * OH + oh) * OW,
-                          OW)
+                    _copy(zf, f * L + oh * (Wc // sw) + s * (Wq // sw), yf,
+                          (((n0 + s) * F + f) * OH + oh) * OW, OW)
     return y
 
 
 @njit(cache=True, parallel=True, nogil=True, fastmath=_FM)
-def conv_backward(xps, w2t, kh, kw, ph, pw, OH, OW, S, grad_out, dw_c, grad_in,
+def conv_backward(xps, w2t, kh, kw, sh, sw, ph, pw, OH, OW, S, grad_out, dw_c, grad_in,
                   need_grad_in):
     """Gradients of conv_forward per chunk of S samples: grad_out (N, F, OH, OW) -> dw_c
     (ceil(N/S), F, K), one weight gradient per chunk, which the caller sums in order, and,
@@ -475,22 +519,23 @@ def conv_backward(xps, w2t, kh, kw, ph, pw, OH, OW, S, grad_out, dw_c, grad_in,
     w2t: W as ``grad_input_weights`` lays it out."""
     N, F = grad_out.shape[0], grad_out.shape[1]
     C, H, W = grad_in.shape[1], grad_in.shape[2], grad_in.shape[3]
-    Hp, (Wq, Wt) = H + 2 * ph, _layout(W, pw, OW)
-    off_full = _offsets(C, kh, kw, Hp, S * Wq + Wt)
+    Hs, (Wq, Wt) = (H + 2 * ph + sh - 1) // sh, _layout(W, pw, OW, sw)
+    off_full = _offsets(C, kh, kw, sh, sw, Hs, (S * Wq + Wt) // sw)
     gf = grad_out.reshape(grad_out.size)                   # flat, for _copy
     for ci in prange((N + S - 1) // S):
-        n0, Sc, Wc, L, off, xp = _chunk(ci, S, N, C, kh, kw, Hp, Wq, Wt, OH, OW, off_full, xps)
+        n0, Sc, Wc, L, off, xp = _chunk(ci, S, N, C, kh, kw, sh, sw, Hs, Wq, Wt, OH, OW,
+                                        off_full, xps)
         gz = np.zeros((F, L), dtype=grad_out.dtype)        # dL/dz on the wide positions,
         gzf = gz.reshape(gz.size)                          # 0 where no output is
         for s in range(Sc):
             for f in range(F):
                 for oh in range(OH):
-                    _copy(gf, (((n0 + s) * F + f) * OH + oh) * OW, gzf, f * L + oh * Wc + s * Wq,
-                          OW)
+                    _copy(gf, (((n0 + s) * F + f) * OH + oh) * OW, gzf,
+                          f * L + oh * (Wc // sw) + s * (Wq // sw), OW)
         _gemm_nt_shift(gz, xp, off, L, dw_c[ci])           # (F, L) @ (L, K) -> (F, K)
         if need_grad_in:
-            _grad_input(w2t, gz, _grad_offsets(off, C, kh, kw), L, ph, pw, Hp, Wq, Wc,
-                        n0, Sc, grad_in)
+            _grad_input(w2t, gz, _grad_offsets(off, C, kh, kw), L, ph, pw, sh, sw, Hs, Wq,
+                        Wc, n0, Sc, grad_in)
     return dw_c, grad_in
 
 
@@ -536,37 +581,40 @@ def grad_input_weights(w):
     return np.ascontiguousarray(w.transpose(2, 3, 1, 0)).reshape(-1, w.shape[0])
 
 
-def row_layout(W, pw, OW):
-    """(Wq, Wt): how a chunk lays its samples side by side.  Sample s's padded columns
-    start at s*Wq, and Wt zero columns follow the last: a chunk of S samples has rows of
-    S*Wq + Wt.
+def row_layout(W, pw, OW, sw=1):
+    """(Wq, Wt): how a chunk lays its samples side by side, for a convolution of stride sw
+    across.  Sample s's padded columns start at s*Wq, and Wt zero columns follow the
+    last: a chunk of S samples has rows of S*Wq + Wt.
 
     Neighbours share their zero padding: the pw zeros after a sample are the pw zeros
     before the next, so Wq needs only W + pw columns, the sample and one side's padding.
-    Wq is at least OW too, so that a sample's outputs do not run into the next one's
+    Wq is at least sw*OW too, so that a sample's outputs do not run into the next one's
     (when pw > kw - 1).  Wt is what the last sample's right padding needs beyond Wq.
     Both are rounded up to even, so that every sample's 2x2 windows start at an even
-    column of the chunk's rows (the fused kernels' pool).
+    column of the chunk's rows (the fused kernels' pool), and to a multiple of sw, so
+    that every sample starts in the same phase (``conv_forward``).
     """
-    Wq = max(W + pw, OW)
-    Wq += Wq % 2
+    m = sw if sw % 2 == 0 else 2 * sw                   # even, and a multiple of sw
+    Wq = max(W + pw, sw * OW)
+    Wq += (m - Wq % m) % m
     Wt = max(0, W + 2 * pw - Wq)
-    return Wq, Wt + Wt % 2
+    return Wq, Wt + (m - Wt % m) % m
 
 
 _layout = njit(cache=True, nogil=True)(row_layout)      # the same, for the kernels
 
 
-def padded_shape(x_shape, kw, ph, pw, S):
-    """The shape of ``xps`` for an input of ``x_shape`` and a kernel kw wide: one row per
-    chunk of S samples, holding the chunk's C padded planes of (H + 2*ph) rows of the S
-    samples side by side (``row_layout``)."""
-    N, C, H, W = x_shape
-    Wq, Wt = row_layout(W, pw, out_size(W, kw, 1, pw))
-    return (tasks(N, S), C * (H + 2 * ph) * (S * Wq + Wt))
+def padded_shape(x_shape, kw, ph, pw, S, stride=(1, 1)):
+    """The shape of ``xps`` for an input of ``x_shape``, a kernel kw wide and ``stride``:
+    one row per chunk of S samples, holding the chunk's C padded planes of H + 2*ph rows
+    of the S samples side by side (``row_layout``), as their sh*sw phases of
+    ceil((H + 2*ph) / sh) rows (``_at``)."""
+    (N, C, H, W), (sh, sw) = x_shape, stride
+    Wq, Wt = row_layout(W, pw, out_size(W, kw, sw, pw), sw)
+    return (tasks(N, S), C * sh * -(-(H + 2 * ph) // sh) * (S * Wq + Wt))
 
 
-def chunk_size(H, W, kh, kw, ph, pw, target=1800):
+def chunk_size(H, W, kh, kw, ph, pw, target=1800, stride=(1, 1)):
     """Samples per task: as many side by side (1 to 8) as keep a matmul row within
     ``target`` positions (conv1's rows of 892 go 2 to a task, conv2's of 136 go 8).
 
@@ -577,7 +625,8 @@ def chunk_size(H, W, kh, kw, ph, pw, target=1800):
     (2 -> 8) 7-10%; 8 is the cap because 12 and 16 were no faster.  Results depend on S
     (it sets which partial sums are formed) but not on the thread count.
     """
-    OW = out_size(W, kw, 1, pw)
-    Wq, Wt = row_layout(W, pw, OW)
-    L = (out_size(H, kh, 1, ph) - 1) * (Wq + Wt) + OW    # one sample's row length
+    sh, sw = stride
+    OW = out_size(W, kw, sw, pw)
+    Wq, Wt = row_layout(W, pw, OW, sw)
+    L = (out_size(H, kh, sh, ph) - 1) * ((Wq + Wt) // sw) + OW  # one sample's row length
     return max(1, min(8, target // L))

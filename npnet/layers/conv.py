@@ -17,10 +17,12 @@ Two shapes take a shorter road to the same sums:
 
 * the kernel covers the whole unpadded input (LeNet-5's conv3): a sample's one column is
   the sample itself, and the N products (F, K) @ (K, 1) are one product (N, K) @ (K, F);
-* stride 1 on maps of at least 32 positions (``shifted_product``): no im2col at all.  Row
-  (c, i, j) of U_n is then a contiguous run of the zero-padded sample, read in place by
-  the shifted product of the fused kernels (``kernels/fused.py``, docs/layers/fused.md),
-  which runs here without the ReLU and the pool.
+* stride 1 or 2 on maps of at least 32 positions (``shifted_product``): no im2col at
+  all.  Row (c, i, j) of U_n is then a contiguous run of the zero-padded sample (with
+  stride 2, of one of its four phases: its even or odd rows times its even or odd
+  columns), read in place by the shifted product of the fused kernels
+  (``kernels/fused.py``, docs/layers/fused.md), which runs here without the ReLU and the
+  pool.
 
 Backward, with g = dL/dy reshaped to (N, F, P)::
 
@@ -48,13 +50,16 @@ from .base import (Module, add_grad, check_array, check_dtype, check_grad, float
 
 def shifted_product(stride, P):
     """Whether a convolution runs as the shifted product (no im2col) rather than im2col
-    and one product per chunk: for stride 1, where each row of the columns is a run of
-    the padded sample, on maps of at least 32 output positions.  On smaller maps the
-    shifted product's rows are short (a 4x4 map: 22 positions a sample, 6 of them
-    padding) and im2col's one product is faster.  Measured inside the ResNet's training
-    step at batch 128 (docs/performance.md, "The ResNet"): its 7x7 convolution (P = 49)
-    took 14 ms shifted and 21 ms by im2col, its 4x4 one (P = 16) 25 and 22 ms."""
-    return stride == (1, 1) and P >= 32
+    and one product per chunk: for strides of 1 or 2, where each row of the columns is a
+    run of the padded sample or of one of its phases, on maps of at least 32 output
+    positions.  On smaller maps the shifted product's rows are short (a 4x4 map: 22
+    positions a sample, 6 of them padding) and im2col's one product is faster.  Measured
+    inside the ResNet's training step at batch 128 (docs/performance.md, "The ResNet"):
+    its 7x7 convolution (P = 49) took 14 ms shifted and 21 ms by im2col, its 4x4 one
+    (P = 16) 25 and 22 ms.  Its stride-2 convolutions onto 7x7 took 0.65-0.68 of
+    im2col's time through the phases, the 3x3 one onto 4x4 1.01-1.04 ("Stride 2 through
+    the phases").  A larger stride would leave most of each phase plane unread."""
+    return max(stride) <= 2 and P >= 32
 
 
 class Conv2d(Module):
@@ -154,11 +159,11 @@ class Conv2d(Module):
         elif shifted_product((sh, sw), P):
             # the shifted product on the padded samples: the fused layer's kernel without
             # its ReLU and pool (docs/layers/fused.md)
-            S = shifted.chunk_size(*x.shape[2:], kh, kw, ph, pw)
-            xps = np.empty(shifted.padded_shape(x.shape, kw, ph, pw, S), x.dtype)
+            S = shifted.chunk_size(*x.shape[2:], kh, kw, ph, pw, stride=(sh, sw))
+            xps = np.empty(shifted.padded_shape(x.shape, kw, ph, pw, S, (sh, sw)), x.dtype)
             kernel = shifted.conv_forward if shifted.tasks(N, S) > 1 \
                 else shifted.conv_forward_serial              # one chunk: no thread pool
-            y = kernel(x, w2, np.zeros(F, x.dtype), kh, kw, ph, pw, OH, OW, S,
+            y = kernel(x, w2, np.zeros(F, x.dtype), kh, kw, sh, sw, ph, pw, OH, OW, S,
                        np.empty((N, F, OH, OW), x.dtype), xps)
             y = y.reshape(N, F, P)
         else:
@@ -201,7 +206,7 @@ class Conv2d(Module):
             add_grad(self, "weight", (g[:, :, 0].T @ x.reshape(N, K)).reshape(w.shape))
             return (g[:, :, 0] @ w2).reshape(x.shape) if need_grad_in else None
         # both roads: dL/dW2 of each chunk, summed in chunk order; dL/dx if asked for
-        S = shifted.chunk_size(H, W, kh, kw, ph, pw) if xps is not None \
+        S = shifted.chunk_size(H, W, kh, kw, ph, pw, stride=(sh, sw)) if xps is not None \
             else chunk_size(K * P * x.itemsize, N)
         T = shifted.tasks(N, S)                          # chunks of S samples, either road
         dw_chunks = np.empty((T, F, K), w.dtype)
@@ -209,7 +214,7 @@ class Conv2d(Module):
         if xps is not None:                              # the shifted product
             kernel = shifted.conv_backward if T > 1 \
                 else shifted.conv_backward_serial             # one chunk: no thread pool
-            kernel(xps, shifted.grad_input_weights(w), kh, kw, ph, pw, OH, OW, S,
+            kernel(xps, shifted.grad_input_weights(w), kh, kw, sh, sw, ph, pw, OH, OW, S,
                    g.reshape(N, F, OH, OW), dw_chunks, grad_in, need_grad_in)
         else:
             def chunk(i, s):

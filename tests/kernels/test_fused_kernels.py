@@ -222,14 +222,70 @@ def test_the_unfused_convolution_s_serial_twins_compute_the_same_bits(N):
     for fwd, bwd in ((conv_forward, conv_backward), (conv_forward_serial, conv_backward_serial)):
         y = np.full((N, F, 9, 7), np.nan, dtype=np.float32)
         xps = np.full(padded_shape(x.shape, 3, 1, 1, S), np.nan, dtype=np.float32)
-        fwd(x, w2, bias, 3, 3, 1, 1, 9, 7, S, y, xps)
+        fwd(x, w2, bias, 3, 3, 1, 1, 1, 1, 9, 7, S, y, xps)
         g = np.linspace(-1, 1, y.size, dtype=np.float32).reshape(y.shape)
         dw_c = np.full((tasks(N, S), F, K), np.nan, dtype=np.float32)
         gin = np.full(x.shape, np.nan, dtype=np.float32)
-        bwd(xps, grad_input_weights(weight), 3, 3, 1, 1, 9, 7, S, g, dw_c, gin, True)
+        bwd(xps, grad_input_weights(weight), 3, 3, 1, 1, 1, 1, 9, 7, S, g, dw_c, gin, True)
         outs.append((y, xps, dw_c, gin))
     for a, b in zip(*outs):
         np.testing.assert_array_equal(a, b)
+
+
+# (N, C, F, H, W, kh, kw, sh, sw, ph, pw): the convolution alone, with a stride
+STRIDED = {
+    "resnet_14x14_s2": (5, 4, 6, 14, 14, 3, 3, 2, 2, 1, 1),
+    "shortcut_k1_s2": (4, 5, 3, 14, 14, 1, 1, 2, 2, 0, 0),
+    "odd_map_s2": (3, 6, 4, 11, 9, 3, 3, 2, 2, 1, 1),
+    "rect_s2x1_k3x5": (3, 3, 5, 12, 10, 3, 5, 2, 1, 1, 2),
+    "s1x2_k2_p0": (2, 2, 3, 9, 12, 2, 2, 1, 2, 0, 0),
+    "s3_k5_p2": (3, 2, 3, 13, 14, 5, 5, 3, 3, 2, 2),
+    "stride1": (3, 5, 4, 9, 7, 3, 3, 1, 1, 1, 1),
+}
+
+
+@pytest.mark.parametrize("geom", STRIDED.values(), ids=STRIDED.keys())
+@pytest.mark.parametrize("S", [1, 2], ids=["S1", "S2"])
+def test_the_convolution_alone_through_the_phases_matches_im2col(geom, S):
+    """conv_forward and conv_backward at any stride against the im2col references, and
+    the padded chunks they keep: the stride-1 layout's rows (samples side by side,
+    sharing their padding) split into their sh*sw phases, channel by channel."""
+    from npnet.kernels.geometry import out_size
+    from npnet.kernels.reference import col2im_ref, im2col_ref
+    N, C, F, H, W, kh, kw, sh, sw, ph, pw = geom
+    x, weight, bias = _draw(np.random.default_rng(5), N, C, F, H, W, kh, kw, ph, pw)
+    OH, OW = out_size(H, kh, sh, ph), out_size(W, kw, sw, pw)
+    Wq, Wt = row_layout(W, pw, OW, sw)
+    assert Wq >= W + pw and Wq >= sw * OW and Wq + Wt >= W + 2 * pw
+    assert Wq % 2 == 0 and Wq % sw == 0 and Wt % 2 == 0 and Wt % sw == 0
+    w2, K = weight.reshape(F, -1), C * kh * kw
+    y = np.full((N, F, OH, OW), np.nan, dtype=np.float32)
+    xps = np.full(padded_shape(x.shape, kw, ph, pw, S, (sh, sw)), np.nan, dtype=np.float32)
+    conv_forward(x, w2, bias, kh, kw, sh, sw, ph, pw, OH, OW, S, y, xps)
+    cols = im2col_ref(x, kh, kw, sh, sw, ph, pw)                         # (N, K, P)
+    want = np.einsum("fk,nkp->nfp", w2, cols).reshape(y.shape) + bias[:, None, None]
+    # float32 sums of at most 5*5*4 (y, dL/dx) or 5*49 (dL/dW) terms of about unit
+    # size, in other orders than the references': a few float32 roundings of the sum
+    np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5)
+    Hs = -(-(H + 2 * ph) // sh)
+    for c in range(-(-N // S)):
+        part = x[c * S:(c + 1) * S]
+        rows = np.zeros((C, sh * Hs, len(part) * Wq + Wt), np.float32)
+        for s, sample in enumerate(part):
+            rows[:, ph:ph + H, s * Wq + pw:s * Wq + pw + W] = sample
+        phases = rows.reshape(C, Hs, sh, -1, sw).transpose(0, 2, 4, 1, 3)  # (C, sh, sw, ..)
+        np.testing.assert_array_equal(xps[c, :rows.size], phases.reshape(-1))
+    g = np.random.default_rng(6).standard_normal(y.shape).astype(np.float32)
+    dw_c = np.full((tasks(N, S), F, K), np.nan, dtype=np.float32)
+    gin = np.full(x.shape, np.nan, dtype=np.float32)
+    conv_backward(xps, grad_input_weights(weight), kh, kw, sh, sw, ph, pw, OH, OW, S, g, dw_c,
+                  gin, True)
+    g3 = g.reshape(N, F, -1)
+    np.testing.assert_allclose(dw_c.sum(axis=0), np.einsum("nfp,nkp->fk", g3, cols),
+                               rtol=1e-5, atol=5e-5)
+    grad_cols = np.einsum("fk,nfp->nkp", w2, g3)
+    np.testing.assert_allclose(gin, col2im_ref(grad_cols, x.shape, kh, kw, sh, sw, ph, pw),
+                               rtol=1e-5, atol=1e-5)
 
 
 def test_serial_twins_are_cached_apart_from_their_kernels():

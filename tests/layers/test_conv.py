@@ -90,14 +90,17 @@ def test_matches_torch_wide(rng, draw, vs_torch, tol32):
 
 # -- the roads: im2col and the shifted product (conv.shifted_product picks one) --------------
 def test_the_road_is_chosen_by_stride_and_map_size(rng, draw):
-    """Stride 1 on at least 32 output positions: the shifted product, which keeps the padded
-    copy of the input for backward; a smaller map or another stride: im2col, which keeps
-    nothing but x (its columns are rebuilt)."""
+    """Stride 1 or 2 on at least 32 output positions: the shifted product, which keeps the
+    padded copy of the input for backward; a smaller map or a larger stride: im2col,
+    which keeps nothing but x (its columns are rebuilt)."""
     cases = [((1, 3, 8, 8), 1, True),             # an 8x8 map: 64 positions
              ((1, 3, 8, 4), 1, True),             # 8x4: 32, the smallest shifted map
              ((1, 3, 7, 4), 1, False),            # 7x4: 28
              ((1, 3, 4, 4), 1, False),            # 4x4: 16 (the ResNet's last stage)
-             ((1, 3, 16, 16), 2, False)]          # stride 2, whatever the size
+             ((1, 3, 16, 16), 2, True),           # stride 2 on 8x8: through the phases
+             ((1, 3, 16, 8), (2, 1), True),       # 8x8 again
+             ((1, 3, 8, 8), 2, False),            # 4x4 (the ResNet's last stage)
+             ((1, 3, 24, 24), 3, False)]          # stride 3: im2col, whatever the size
     for x_shape, stride, shifted in cases:
         layer = Conv2d(3, 2, 3, stride=stride, padding=1, rng=rng)
         layer(draw(x_shape, np.float32))
@@ -138,14 +141,21 @@ def test_the_im2col_road_splits_a_batch_into_at_least_eight_chunks(rng, draw, mo
     assert counts == [8, 8]                        # forward, backward: 8 samples a chunk
 
 
-@pytest.mark.parametrize("k,p,h,w", [(3, 1, 8, 9), (5, 2, 7, 7), (1, 0, 6, 11), (3, 0, 10, 8)],
-                         ids=["k3_p1_8x9", "k5_p2_7x7", "k1_p0_6x11", "k3_p0_10x8"])
-def test_shifted_product_equals_im2col(k, p, h, w, rng, draw, monkeypatch, tol32):
+@pytest.mark.parametrize("k,s,p,c,h,w", [(3, 1, 1, 3, 8, 9), (5, 1, 2, 3, 7, 7),
+                                         (1, 1, 0, 3, 6, 11), (3, 1, 0, 3, 10, 8),
+                                         (3, 2, 1, 6, 14, 14), (1, 2, 0, 5, 14, 13),
+                                         (3, (2, 1), 1, 3, 15, 9), (4, 2, 1, 4, 17, 16)],
+                         ids=["k3_p1_8x9", "k5_p2_7x7", "k1_p0_6x11", "k3_p0_10x8",
+                              "s2_k3_p1_14x14", "s2_k1_p0_14x13", "s2x1_k3_p1_15x9",
+                              "s2_k4_p1_17x16"])
+def test_shifted_product_equals_im2col(k, s, p, c, h, w, rng, draw, monkeypatch, tol32):
     """The same layer, input and gradient through both roads: equal to rounding.  Batch 11
     is not a multiple of either road's chunk (up to 8 samples side by side for the shifted
-    product), so the last, shorter chunk is covered too."""
-    layer = Conv2d(3, 5, k, padding=p, rng=rng)
-    x = draw((11, 3, h, w), np.float32)
+    product), so the last, shorter chunk is covered too.  Strides of 2 take the input's
+    phases; 3 channels take dL/dx's rows 3 at a time, 4 to 6 channels four at a time
+    (``_gemm_tn_shift_acc``)."""
+    layer = Conv2d(c, 5, k, stride=s, padding=p, rng=rng)
+    x = draw((11, c, h, w), np.float32)
     g = draw(layer.output_shape(x.shape), np.float32)
     runs = []
     for shifted in (True, False):
