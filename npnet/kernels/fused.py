@@ -79,7 +79,7 @@ def _at(c, r, g, sh, sw, Hs, Ws):
     """Where pixel (row r, column g) of channel c of a chunk's padded rows lies in xp: in
     phase plane (c, r % sh, g % sw), Hs rows of Ws, at row r // sh, column g // sw.  With
     stride 1 there is one plane a channel, and this is (c*Hs + r)*Ws + g."""
-    return ((((c * sh + r % sh) * sw + g % sw) * Hs + r // sh) * Ws + g // sw)
+    return (((c * sh + r % sh) * sw + g % sw) * Hs + r // sh) * Ws + g // sw
 
 
 @njit(cache=True, nogil=True)
@@ -234,8 +234,8 @@ def _gemm_tn_shift_acc(at, g, off, L, C, dxp):
     ``_at``: it starts at its tap's offset in the plane and ends by the plane's end, as
     the last row's ends at dxp's), and in that order the rows computed in one pass of
     ``_gemm_shift`` (4 or 2 consecutive ones) belong to as many channels when C >= 4:
-    their slices never overlap.  With fewer channels the rows of one (i, j), C at a time, are multiplied
-    alone.
+    their slices never overlap.  With fewer channels the rows of one (i, j), C at a time,
+    are multiplied alone.
     """
     K, M = at.shape
     rows = np.arange(M) * g.shape[1]                         # where each row of g starts
