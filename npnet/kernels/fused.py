@@ -92,19 +92,30 @@ def _pad_chunk(x, n0, S, ph, pw, sh, sw, Hs, Wq, Wc, xp):
     zero.
     """
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
+    _move_rows(x.reshape(x.size), xp, C, H, W, n0, S, ph, pw, sh, sw, Hs, Wq, Wc, False)
+
+
+@njit(cache=True, nogil=True)
+def _move_rows(src, dst, C, H, W, n0, S, ph, pw, sh, sw, Hs, Wq, Wc, unpad):
+    """Every row of W pixels of samples n0..n0+S-1 between flat (N, C, H, W) and its place
+    in the padded chunk (``_at``): into the chunk (src is x, dst xp), or out of it when
+    ``unpad`` (src the chunk, dst x), the one walk ``_pad_chunk`` and ``_grad_input`` share."""
     Ws = Wc // sw
-    xf = x.reshape(x.size)
     for s in range(S):
         g0 = s * Wq + pw                                   # the sample's first column
         for c in range(C):
             for h in range(H):
-                src = (((n0 + s) * C + c) * H + h) * W
+                e = (((n0 + s) * C + c) * H + h) * W       # the row in x
                 if sw == 1:                                # one run of W
-                    _copy(xf, src, xp, _at(c, h + ph, g0, sh, 1, Hs, Ws), W)
-                else:                                      # every sw-th column per phase
-                    for w0 in range(min(sw, W)):
-                        _copy_step(xf, src + w0, sw, xp, _at(c, h + ph, g0 + w0, sh, sw, Hs, Ws),
-                                   1, (W - w0 + sw - 1) // sw)
+                    d = _at(c, h + ph, g0, sh, 1, Hs, Ws)
+                    _copy(src, d if unpad else e, dst, e if unpad else d, W)
+                    continue
+                for w0 in range(min(sw, W)):               # every sw-th column per phase
+                    d, n = _at(c, h + ph, g0 + w0, sh, sw, Hs, Ws), (W - w0 + sw - 1) // sw
+                    if unpad:
+                        _copy_step(src, d, 1, dst, e + w0, sw, n)
+                    else:
+                        _copy_step(src, e + w0, sw, dst, d, 1, n)
 
 
 @njit(cache=True, nogil=True, fastmath=_FM)
@@ -249,24 +260,13 @@ def _gemm_tn_shift_acc(at, g, off, L, C, dxp):
 def _grad_input(w2t, gz, off, L, ph, pw, sh, sw, Hs, Wq, Wc, n0, Sc, grad_in):
     """grad_in[n0 : n0 + Sc] = dL/dx of one chunk, from gz (F, L) = dL/dz on its wide
     positions: dL/dxp = the rows of W2.T @ gz added at their offsets, then each sample's
-    unpadded part of dL/dxp, read back as ``_pad_chunk`` wrote it (the padding's share is
-    dropped, as in col2im).  w2t and off in the order (i, j, c) (``_gemm_tn_shift_acc``)."""
+    unpadded part of dL/dxp, read back by ``_move_rows`` (the padding's share is dropped,
+    as in col2im).  w2t and off in the order (i, j, c) (``_gemm_tn_shift_acc``)."""
     C, H, W = grad_in.shape[1], grad_in.shape[2], grad_in.shape[3]
-    Ws = Wc // sw
     dxp = np.zeros(C * sh * Hs * Wc, dtype=gz.dtype)       # dL/dxp
     _gemm_tn_shift_acc(w2t, gz, off, L, C, dxp)            # (K, F) @ (F, L), added at off
-    gf = grad_in.reshape(grad_in.size)
-    for s in range(Sc):
-        g0 = s * Wq + pw
-        for c in range(C):
-            for h in range(H):
-                dst = (((n0 + s) * C + c) * H + h) * W
-                if sw == 1:
-                    _copy(dxp, _at(c, h + ph, g0, sh, 1, Hs, Ws), gf, dst, W)
-                else:
-                    for w0 in range(min(sw, W)):
-                        _copy_step(dxp, _at(c, h + ph, g0 + w0, sh, sw, Hs, Ws), 1, gf,
-                                   dst + w0, sw, (W - w0 + sw - 1) // sw)
+    _move_rows(dxp, grad_in.reshape(grad_in.size), C, H, W, n0, Sc, ph, pw, sh, sw, Hs, Wq, Wc,
+               True)
 
 
 @njit(cache=True, nogil=True)
