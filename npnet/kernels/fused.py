@@ -307,13 +307,19 @@ def _chunk(ci, S, N, C, kh, kw, sh, sw, Hs, Wq, Wt, OH, OW, off_full, xps):
     return n0, Sc, Wc, L, off, xps[ci, :C * sh * Hs * Wc]
 
 
-# -- the 2x2 max-pool of z and its gradient, whole rows at a time -----------------------------
-# Row pair (2*qh, 2*qh + 1) of z holds the windows of output row qh; window (qh, j) of the
-# wide row covers columns 2j and 2j + 1.  The pool is done in two passes, each a loop over
-# contiguous memory that LLVM vectorizes: first down the columns (which of the two rows
-# wins), then across the pairs of columns.  A window's values in torch's order are
-# 0 = top left, 1 = top right, 2 = bottom left, 3 = bottom right; the first maximum wins,
-# and a NaN beats any number (torch's rule).
+# -- the 2x2 max-pool of z: a whole plane in one loop (training), two passes (eval) ---------
+# Window (qh, j) of output row qh covers rows 2*qh, 2*qh + 1 and columns 2j, 2j + 1 of the
+# wide rows of z: its top left value is zf[2*(qh*Wc + j)].  With q = qh*Wc + j its four
+# values are zf[2q], zf[2q + 1], zf[2q + Wc], zf[2q + Wc + 1], for every q below
+# PH*Wc - Wc//2: one flat loop, which LLVM vectorizes (8 windows an instruction).  The q
+# with j >= Wc//2 pair rows 2*qh + 1 and 2*qh + 2; they are computed for nothing and never
+# read, so twice the windows are computed, which pays: a loop over one row (31 windows for
+# conv1) is shorter than LLVM's vector body of 32 and ran scalar.  Pooled row qh is thus
+# yw[qh*Wc : qh*Wc + Wc//2].  A window's values in torch's order are 0 = top left,
+# 1 = top right, 2 = bottom left, 3 = bottom right; the first maximum wins, and a NaN
+# beats any number (torch's rule).  The indices are unsigned, as in ``_copy``.  Eval mode
+# keeps no winners and pools in two passes of half the windows (``_pool_columns_max``):
+# without the int8 winners the short rows' scalar ends cost less than twice the windows.
 @njit(cache=True, nogil=True, inline="always")
 def _beats(later, earlier):
     """Does ``later`` take the window from ``earlier``, met before it? (larger, or NaN)"""
@@ -321,39 +327,27 @@ def _beats(later, earlier):
 
 
 @njit(cache=True, nogil=True)
-def _pool_columns(zf, Wc, PH, v, iv):
-    """v[qh*Wc + p] = the first maximum of zf[2*qh*Wc + p] and zf[(2*qh + 1)*Wc + p];
-    iv = 0 where the top one won, 2 where the bottom one did."""
-    for qh in range(PH):
-        top = zf[2 * qh * Wc:(2 * qh + 1) * Wc]
-        low = zf[(2 * qh + 1) * Wc:(2 * qh + 2) * Wc]
-        vr = v[qh * Wc:(qh + 1) * Wc]
-        ir = iv[qh * Wc:(qh + 1) * Wc]
-        for p in range(Wc):
-            down = _beats(low[p], top[p])
-            vr[p] = low[p] if down else top[p]
-            ir[p] = np.int8(2) if down else np.int8(0)
-
-
-@njit(cache=True, nogil=True)
-def _pool_pairs(v, iv, yw, aw):
-    """yw[j] = relu of the first maximum of the column winners v[2j], v[2j + 1], and aw[j]
-    its index 0..3 in the window."""
+def _pool(zf, Wc, PH, yw, aw):
+    """yw[q] = relu of the first maximum of window q (above) and aw[q] its index 0..3,
+    for the PH rows of windows of one filter's zf (OH >= 2*PH rows of Wc)."""
     zero = yw.dtype.type(0)
-    for j in range(yw.shape[0]):
-        a, b = v[2 * j], v[2 * j + 1]
-        ia, ib = iv[2 * j], iv[2 * j + 1] + np.int8(1)          # left 0/2, right 1/3
-        tie = (b == a) | ((b != b) & (a != a))                 # equal, or both NaN
-        right = _beats(b, a) | (tie & (ib < ia))               # the first in the window
-        best = b if right else a
-        yw[j] = best if ((best > 0) | (best != best)) else zero
-        aw[j] = ib if right else ia
+    W, one, two = np.uint64(Wc), np.uint64(1), np.uint64(2)
+    for q in range(np.uint64(PH * Wc - Wc // 2)):
+        t = two * q
+        best, a = zf[t], np.int32(0)
+        for c, i in ((zf[t + one], 1), (zf[t + W], 2), (zf[t + W + one], 3)):
+            wins = _beats(c, best)
+            best, a = (c, np.int32(i)) if wins else (best, a)
+        yw[q] = best if ((best > 0) | (best != best)) else zero
+        aw[q] = np.int8(a)
 
 
 @njit(cache=True, nogil=True)
 def _pool_columns_max(zf, Wc, PH, v):
-    """``_pool_columns`` without the winners: v only (eval mode, where no backward reads
-    them).  The same rule, so the same values."""
+    """Eval mode's pool (no backward reads the winners), in two passes: v[qh*Wc + p] = the
+    first maximum of zf[2*qh*Wc + p] and zf[(2*qh + 1)*Wc + p], down the columns; then
+    ``_pool_pairs_max`` across the pairs.  The same rule as ``_pool``, so the same values;
+    without the winners these two passes are faster than ``_pool``'s one loop (see there)."""
     for qh in range(PH):
         top = zf[2 * qh * Wc:(2 * qh + 1) * Wc]
         low = zf[(2 * qh + 1) * Wc:(2 * qh + 2) * Wc]
@@ -364,9 +358,9 @@ def _pool_columns_max(zf, Wc, PH, v):
 
 @njit(cache=True, nogil=True)
 def _pool_pairs_max(v, yw):
-    """``_pool_pairs`` without the winners.  Where two values tie they are equal (or both
-    NaN, or +0 and -0, which the ReLU makes +0 alike), so whichever is kept, yw is the
-    same bit for bit."""
+    """yw[qh*(Wc//2) + j] = relu of the first maximum of the column winners v[2j], v[2j + 1]
+    of row qh.  Where two values tie they are equal (or both NaN, or +0 and -0, which the
+    ReLU makes +0 alike), so whichever is kept, yw is the same bit for bit as ``_pool``'s."""
     zero = yw.dtype.type(0)
     for j in range(yw.shape[0]):
         a, b = v[2 * j], v[2 * j + 1]
@@ -401,24 +395,23 @@ def conv_relu_pool_forward(x, w2, b, kh, kw, ph, pw, OH, OW, S, y, arg, xps):
                                         xps)
         xp[:] = 0
         z = np.empty((F, OH * Wc), dtype=x.dtype)          # OH whole rows of Wc
-        v = np.empty(PH * Wc, dtype=x.dtype)               # column winners of one filter
-        iv = np.empty(PH * Wc, dtype=np.int8)
-        yw = np.empty(PH * Wc // 2, dtype=x.dtype)         # pooled, on the wide rows
-        aw = np.empty(PH * Wc // 2, dtype=np.int8)
+        yw = np.empty(PH * Wc, dtype=x.dtype)              # pooled: rows of Wc (``_pool``)
+        aw = np.empty(PH * Wc, dtype=np.int8)              # or of Wc // 2 (eval mode)
+        v = np.empty(PH * Wc, dtype=x.dtype)               # eval: the column winners
+        pitch = Wc if winners else Wc // 2
         _pad_chunk(x, n0, Sc, ph, pw, 1, 1, Hp, Wq, Wc, xp)
         for f in range(F):
             z[f, :] = b[f]
         _gemm_shift(w2, xp, off, L, z.reshape(z.size), np.arange(F) * z.shape[1])
         for f in range(F):                                 # (F, K) @ (K, L) above
             if winners:                                    # (tested outside the pool's
-                _pool_columns(z[f], Wc, PH, v, iv)         # loops, which must vectorise:
-                _pool_pairs(v, iv, yw, aw)                 # each variant is its own pair
-            else:                                          # of passes)
+                _pool(z[f], Wc, PH, yw, aw)                # loop, which must vectorise:
+            else:                                          # each variant is its own loop)
                 _pool_columns_max(z[f], Wc, PH, v)
-                _pool_pairs_max(v, yw)
+                _pool_pairs_max(v, yw[:PH * Wc // 2])
             for s in range(Sc):                            # keep each sample's windows
                 for qh in range(PH):
-                    j = qh * (Wc // 2) + s * (Wq // 2)
+                    j = qh * pitch + s * (Wq // 2)
                     d = (((n0 + s) * F + f) * PH + qh) * PW    # y[n0 + s, f, qh, 0]
                     _copy(yw, j, yf, d, PW)
                     if winners:
